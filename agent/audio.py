@@ -1,0 +1,101 @@
+"""Audio framing: engine PCM → 48 kHz mono int16 → 20 ms frames, and the gain ramps.
+
+Everything after this module sees only fixed 960-sample frames at 48 kHz.
+"""
+
+from __future__ import annotations
+
+import av
+import numpy as np
+
+SAMPLE_RATE = 48_000
+FRAME_MS = 20
+FRAME_SAMPLES = SAMPLE_RATE * FRAME_MS // 1000  # 960
+FADE_SAMPLES = SAMPLE_RATE * 8 // 1000  # 8 ms ramp to zero on interrupt: no click
+_FADE_OUT = np.linspace(1.0, 0.0, FADE_SAMPLES, endpoint=False, dtype=np.float32)
+
+
+class Resampler:
+    """Streaming resampler to 48 kHz mono int16 (libswresample through PyAV)."""
+
+    def __init__(self, in_rate: int):
+        self.in_rate = in_rate
+        self._swr = None if in_rate == SAMPLE_RATE else av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+        self._pts = 0
+
+    def push(self, pcm: np.ndarray) -> np.ndarray:
+        if self._swr is None:
+            return pcm
+        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = self.in_rate
+        frame.pts = self._pts
+        self._pts += len(pcm)
+        return self._join(self._swr.resample(frame))
+
+    def flush(self) -> np.ndarray:
+        if self._swr is None:
+            return np.zeros(0, np.int16)
+        return self._join(self._swr.resample(None))
+
+    @staticmethod
+    def _join(frames) -> np.ndarray:
+        if not frames:
+            return np.zeros(0, np.int16)
+        if len(frames) == 1:
+            return frames[0].to_ndarray().reshape(-1)
+        return np.concatenate([f.to_ndarray().reshape(-1) for f in frames])
+
+    def to_output_samples(self, in_samples: int) -> int:
+        return in_samples * SAMPLE_RATE // self.in_rate
+
+
+class PcmBuffer:
+    """A FIFO of 48 kHz int16 samples: the synthesizer writes, the playout reads frames."""
+
+    __slots__ = ("_chunks", "_offset", "available", "written")
+
+    def __init__(self) -> None:
+        self._chunks: list[np.ndarray] = []
+        self._offset = 0  # read position inside _chunks[0]
+        self.available = 0  # samples written and not yet read
+        self.written = 0  # samples written in total
+
+    def write(self, pcm: np.ndarray) -> None:
+        if len(pcm):
+            self._chunks.append(pcm)
+            self.available += len(pcm)
+            self.written += len(pcm)
+
+    def read_into(self, out: np.ndarray) -> int:
+        """Fill `out` from the front; returns how many samples were filled (rest zeroed)."""
+        want = len(out)
+        filled = 0
+        while filled < want and self._chunks:
+            head = self._chunks[0]
+            take = min(want - filled, len(head) - self._offset)
+            out[filled : filled + take] = head[self._offset : self._offset + take]
+            filled += take
+            self._offset += take
+            if self._offset == len(head):
+                self._chunks.pop(0)
+                self._offset = 0
+        if filled < want:
+            out[filled:] = 0
+        self.available -= filled
+        return filled
+
+    def clear(self) -> None:
+        self._chunks.clear()
+        self._offset = 0
+        self.available = 0
+
+
+def fade_out(frame: np.ndarray) -> None:
+    """Ramp the frame's start to zero and silence the rest, in place."""
+    n = min(FADE_SAMPLES, len(frame))
+    frame[:n] = (frame[:n].astype(np.float32) * _FADE_OUT[:n]).astype(np.int16)
+    frame[n:] = 0
+
+
+def peak(frame: np.ndarray) -> int:
+    return int(np.abs(frame.astype(np.int32)).max()) if len(frame) else 0

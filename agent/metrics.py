@@ -1,0 +1,23 @@
+"""Every Prometheus metric of the process, named in one place."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.5)
+
+TTFA = Histogram("tts_ttfa_seconds", "Request received to first audio frame sent", ["engine"], buckets=_LATENCY_BUCKETS)
+INTERRUPT_LATENCY = Histogram(
+    "tts_interrupt_latency_seconds", "Interrupt received to last audio frame of the utterance sent", buckets=_LATENCY_BUCKETS
+)
+UTTERANCES = Counter("tts_utterances_total", "Utterances by outcome", ["outcome"])
+QUEUE_DEPTH = Gauge("tts_queue_depth", "Utterances waiting in all rooms")
+ROOMS = Gauge("tts_rooms", "Open rooms")
+PEERS = Gauge("tts_peers", "Connected peers")
+FRAMES_SENT = Counter("tts_frames_sent_total", "20 ms audio frames sent (once per room, not per peer)")
+FRAMES_LATE = Counter("tts_frames_late_total", "Frames sent more than 5 ms after their slot")
+DROPPED = Counter("tts_dropped_total", "Utterances dropped by danmu rules", ["reason"])
+CACHE = Counter("tts_cache_total", "PCM cache lookups", ["result"])
+SYNTH_RTF = Histogram(
+    "tts_synthesis_rtf", "Synthesis time / audio duration per utterance", ["engine"],
+    buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0),
+)
+ERRORS = Counter("tts_errors_total", "Error events sent, by code", ["code"])

@@ -1,0 +1,52 @@
+"""The agent process: settings, engines, voices, tokens, rooms and the embedded transport."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from engines import default_engines
+from engines.base import Engine
+from engines.registry import VoiceRegistry
+
+from .auth import TokenAuthority
+from .protocol import ErrorCode, ProtocolError, Synthesize, parse_command
+from .rooms import Room, RoomRegistry
+from .settings import Settings
+from .transports.webrtc import WebRTCTransport
+
+log = logging.getLogger(__name__)
+
+
+class Agent:
+    def __init__(self, settings: Settings, engines: list[Engine] | None = None):
+        self.settings = settings
+        self.engines = engines if engines is not None else default_engines(settings)
+        self.voices = VoiceRegistry(self.engines, settings.voice)
+        self.tokens = TokenAuthority(settings.keys)
+        self.rooms = RoomRegistry(settings, self.voices)
+        self.webrtc = WebRTCTransport(self.rooms, settings)
+        self.started = time.time()
+
+    def speak(self, room: Room, body: dict, sender: str) -> tuple[str, str | None]:
+        """The HTTP form of `synthesize`: (utterance id, dropped reason or None).
+        Raises ProtocolError exactly where the data channel would answer `error`."""
+        cmd = parse_command({"type": "synthesize", **body}, max_text_chars=self.settings.max_text_chars)
+        assert isinstance(cmd, Synthesize)
+        return room.speaker.synthesize(cmd, sender, time.perf_counter())
+
+    def interrupt(self, room: Room, body: dict) -> None:
+        cmd = parse_command({"type": "interrupt", **body}, max_text_chars=self.settings.max_text_chars)
+        room.speaker.interrupt(cmd.id)
+
+    async def close(self) -> None:
+        self.rooms.draining = True
+        await self.webrtc.close_all()
+        await self.rooms.close_all()
+        for engine in self.engines:
+            close = getattr(engine, "close", None)
+            if close is not None:
+                close()
+
+
+__all__ = ["Agent", "ErrorCode", "ProtocolError"]

@@ -1,0 +1,441 @@
+"""The Speaker: one per room. Queue, priorities, interrupts, danmu rules, frames, events.
+
+It knows no transport and no synthesizer library: it pulls PCM from an `Engine`, hands
+20 ms frames to whoever calls `next_frame()` (the room, on the frame clock) and reports
+what happened through `emit(event, to)`. `to=None` means every client of the room.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import itertools
+import logging
+import time
+from collections import OrderedDict, deque
+from typing import Callable, Protocol
+
+import numpy as np
+
+from engines.base import EngineError, Voice
+from engines.registry import UnknownVoice, VoiceRegistry
+from engines.text import complete_prefix
+
+from . import metrics
+from .audio import FRAME_SAMPLES, SAMPLE_RATE, PcmBuffer, Resampler, fade_out
+from .danmu import DanmuPolicy
+from .protocol import (
+    PRIORITY_RANK,
+    Append,
+    BargeIn,
+    Configure,
+    DanmuRules,
+    ErrorCode,
+    Interrupt,
+    Ping,
+    ProtocolError,
+    Synthesize,
+    event,
+)
+
+log = logging.getLogger(__name__)
+
+AHEAD_SAMPLES = SAMPLE_RATE * 3 // 2  # synthesis runs at most 1.5 s ahead of playout
+RECENT_IDS = 4096  # ids remembered for duplicate detection
+SYNTH_STALL_S = 10.0  # no audio from the engine for this long: engine_error
+
+
+class SpeakerOutput(Protocol):
+    def emit(self, event: dict, to: str | None = None) -> None: ...
+
+    def pull_now(self) -> None:
+        """The Speaker has a frame that should leave now (first audio, or a fade)."""
+
+
+class Utterance:
+    __slots__ = (
+        "id", "text", "voice", "speed", "priority", "rank", "seq", "sender", "final", "received",
+        "enqueued", "buffer", "marks", "producer", "synth_done", "played", "started", "more",
+        "space", "waiting_space", "error",
+    )
+
+    def __init__(self, id: str, text: str, voice: Voice, speed: float, priority: str, seq: int,
+                 sender: str | None, final: bool, received: float):
+        self.id = id
+        self.text = text  # for open utterances: all text received so far
+        self.voice = voice
+        self.speed = speed
+        self.priority = priority
+        self.rank = PRIORITY_RANK[priority]
+        self.seq = seq
+        self.sender = sender
+        self.final = final
+        self.received = received  # perf_counter when the request arrived
+        self.enqueued = time.monotonic()
+        self.buffer = PcmBuffer()
+        self.marks: deque[tuple[int, str]] = deque()  # (sample at 48 kHz, caption text)
+        self.producer: asyncio.Task | None = None
+        self.synth_done = False
+        self.played = 0  # samples sent
+        self.started = False
+        self.more = asyncio.Event()  # text appended
+        self.space = asyncio.Event()  # playout made room in the buffer
+        self.waiting_space = False
+        self.error: str | None = None
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.rank, self.seq)
+
+    @property
+    def played_ms(self) -> int:
+        return self.played * 1000 // SAMPLE_RATE
+
+
+class Speaker:
+    def __init__(
+        self,
+        room: str,
+        voices: VoiceRegistry,
+        output: SpeakerOutput,
+        *,
+        voice: str | None = None,
+        speed: float = 1.0,
+        danmu: DanmuRules | None = None,
+        barge_in: BargeIn | None = None,
+        max_text_chars: int = 5000,
+        word_captions: bool = True,
+    ):
+        self.room = room
+        self.voices = voices
+        self.output = output
+        self.voice = voices.resolve(voice)
+        self.speed = speed
+        self.danmu = DanmuPolicy(danmu)
+        self.barge_in = barge_in or BargeIn()
+        self.max_text_chars = max_text_chars
+        self.word_captions = word_captions
+        self.queue: list[Utterance] = []  # sorted by (rank, seq)
+        self.current: Utterance | None = None
+        self._open: dict[str, Utterance] = {}  # final=False utterances, by id
+        self._recent_ids: OrderedDict[str, None] = OrderedDict()
+        self._seq = itertools.count()
+        self._auto_id = itertools.count(1)
+        self._frame = np.zeros(FRAME_SAMPLES, np.int16)
+        self._pending_fade: np.ndarray | None = None
+        self.gain = 1.0  # ducking (barge-in); applied to samples before encoding
+        self.on_idle: Callable[[], None] | None = None
+        self.closed = False
+
+    # -- commands ------------------------------------------------------------------------
+
+    def handle(self, cmd, sender: str | None = None, received: float | None = None) -> dict | None:
+        """Apply one validated command. Returns the direct reply (if any) for the sender.
+        Raises ProtocolError for a command that cannot be applied."""
+        received = time.perf_counter() if received is None else received
+        if isinstance(cmd, Synthesize):
+            self.synthesize(cmd, sender, received)
+            return None
+        if isinstance(cmd, Append):
+            self.append(cmd)
+            return None
+        if isinstance(cmd, Interrupt):
+            self.interrupt(cmd.id)
+            return None
+        if isinstance(cmd, Configure):
+            self.configure(cmd)
+            return None
+        if isinstance(cmd, Ping):
+            return event("pong", t=cmd.t)
+        raise ProtocolError(ErrorCode.bad_message, f"unsupported command {type(cmd).__name__}")
+
+    def synthesize(self, cmd: Synthesize, sender: str | None, received: float) -> tuple[str, str | None]:
+        """Queue an utterance: (its id, the danmu reason it was dropped for, or None)."""
+        try:
+            voice = self.voices.resolve(cmd.voice) if cmd.voice else self.voice
+        except UnknownVoice as exc:
+            raise ProtocolError(ErrorCode.unknown_voice, str(exc), cmd.id) from None
+        uid = cmd.id
+        if uid is None:
+            uid = f"u{next(self._auto_id)}"
+            while uid in self._recent_ids:
+                uid = f"u{next(self._auto_id)}"
+        elif uid in self._recent_ids:
+            raise ProtocolError(ErrorCode.duplicate_id, f"utterance id {uid!r} was already used in this room", uid)
+        self._remember(uid)
+        admission = self.danmu.admit(cmd.text, cmd.from_)
+        if admission.dropped:
+            self._dropped(uid, admission.dropped)
+            return uid, admission.dropped
+        utt = Utterance(uid, admission.text, voice, cmd.speed or self.speed, cmd.priority, next(self._seq),
+                        cmd.from_, cmd.final, received)
+        if not cmd.final:
+            self._open[uid] = utt
+        if cmd.priority == "critical" and self.current is not None:
+            self._cut(self.current, "preempted")
+        return uid, self._enqueue(utt)
+
+    def append(self, cmd: Append) -> None:
+        utt = self._open.get(cmd.id)
+        if utt is None:
+            raise ProtocolError(ErrorCode.unknown_utterance, f"no open utterance {cmd.id!r}", cmd.id)
+        if len(utt.text) + len(cmd.text) > self.max_text_chars:
+            raise ProtocolError(ErrorCode.text_too_long, f"utterance would exceed {self.max_text_chars} characters", cmd.id)
+        utt.text += cmd.text
+        if cmd.final:
+            utt.final = True
+            self._open.pop(cmd.id, None)
+        utt.more.set()
+
+    def interrupt(self, uid: str | None = None, reason: str = "interrupt", clear_queue: bool = True) -> None:
+        if uid is None:
+            if clear_queue:
+                for utt in list(self.queue):
+                    self._cut(utt, reason)
+            if self.current is not None:
+                self._cut(self.current, reason)
+            return
+        if self.current is not None and self.current.id == uid:
+            self._cut(self.current, reason)
+            return
+        for utt in self.queue:
+            if utt.id == uid:
+                self._cut(utt, reason)
+                return
+        raise ProtocolError(ErrorCode.unknown_utterance, f"no queued or playing utterance {uid!r}", uid)
+
+    def configure(self, cmd: Configure) -> None:
+        voice = None
+        if cmd.voice is not None:
+            try:
+                voice = self.voices.resolve(cmd.voice)
+            except UnknownVoice as exc:
+                raise ProtocolError(ErrorCode.unknown_voice, str(exc)) from None
+        # validated above: nothing below can fail, so a bad configure changes nothing
+        if voice is not None:
+            self.voice = voice
+        if cmd.speed is not None:
+            self.speed = cmd.speed
+        if cmd.danmu is not None:
+            self.danmu.update(cmd.danmu)
+        if cmd.barge_in is not None:
+            self.barge_in = cmd.barge_in
+
+    # -- queue ---------------------------------------------------------------------------
+
+    def _remember(self, uid: str) -> None:
+        self._recent_ids[uid] = None
+        if len(self._recent_ids) > RECENT_IDS:
+            self._recent_ids.popitem(last=False)
+
+    def _enqueue(self, utt: Utterance) -> str | None:
+        max_queue = self.danmu.rules.max_queue
+        if max_queue is not None and len(self.queue) >= max_queue:
+            victim = next((u for u in self.queue if u.priority == "normal"), None)
+            if victim is None:  # only high/critical queued: the newcomer is the one that goes
+                self._open.pop(utt.id, None)
+                self._dropped(utt.id, "queue_full")
+                return "queue_full"
+            self.queue.remove(victim)
+            self._dropped(victim.id, "queue_full")
+        bisect.insort(self.queue, utt, key=lambda u: u.key)
+        metrics.QUEUE_DEPTH.inc()
+        # position: how many utterances will play before this one (0: it is next)
+        ahead = self.queue.index(utt) + (self.current is not None)
+        self.output.emit(event("queued", id=utt.id, position=ahead))
+        if self.current is None:
+            self._advance()
+        return None
+
+    def _advance(self) -> None:
+        """Make the next queued utterance current and start synthesizing it."""
+        max_wait = self.danmu.rules.max_wait_s
+        while self.current is None and self.queue and not self.closed:
+            utt = self.queue.pop(0)
+            metrics.QUEUE_DEPTH.dec()
+            if max_wait is not None and time.monotonic() - utt.enqueued > max_wait:
+                self._open.pop(utt.id, None)
+                self._dropped(utt.id, "expired")
+                continue
+            self.current = utt
+            utt.producer = asyncio.get_running_loop().create_task(self._produce(utt), name=f"synth-{self.room}-{utt.id}")
+        if self.current is None and not self.queue and self.on_idle is not None:
+            self.on_idle()
+
+    def _dropped(self, uid: str, reason: str) -> None:
+        metrics.DROPPED.labels(reason).inc()
+        self.output.emit(event("dropped", id=uid, reason=reason))
+
+    def _cut(self, utt: Utterance, reason: str) -> None:
+        """Stop an utterance now: playing → one faded frame then silence; queued → removed."""
+        self._open.pop(utt.id, None)
+        if utt.producer is not None:
+            utt.producer.cancel()
+        if utt is self.current:
+            if utt.started:
+                fade = np.zeros(FRAME_SAMPLES, np.int16)
+                n = utt.buffer.read_into(fade)
+                if n:
+                    self._apply_gain(fade)
+                    fade_out(fade)
+                    utt.played += min(n, FRAME_SAMPLES)
+                    self._pending_fade = fade
+            utt.buffer.clear()
+            utt.marks.clear()
+            self.current = None
+            metrics.UTTERANCES.labels("interrupted").inc()
+            self.output.emit(event("interrupted", id=utt.id, played_ms=utt.played_ms, reason=reason))
+            if self._pending_fade is not None:
+                self.output.pull_now()
+            self._advance()
+        else:
+            self.queue.remove(utt)
+            metrics.QUEUE_DEPTH.dec()
+            metrics.UTTERANCES.labels("interrupted").inc()
+            self.output.emit(event("interrupted", id=utt.id, played_ms=0, reason=reason))
+
+    # -- synthesis -----------------------------------------------------------------------
+
+    async def _texts(self, utt: Utterance):
+        """The text to synthesize, in pieces: all of it at once, or sentence by sentence
+        as an open (final=false) utterance grows."""
+        if utt.final:
+            yield utt.text
+            return
+        done = 0
+        while True:
+            if utt.final:
+                rest = utt.text[done:]
+                if rest.strip():
+                    yield rest
+                return
+            complete, _ = complete_prefix(utt.text[done:])
+            if complete.strip():
+                done += len(complete)
+                yield complete
+                continue
+            utt.more.clear()
+            await utt.more.wait()
+
+    async def _produce(self, utt: Utterance) -> None:
+        engine = self.voices.engine_for(utt.voice)
+        resampler = Resampler(utt.voice.sample_rate)
+        try:
+            async for text in self._texts(utt):
+                stream = engine.stream(text, utt.voice, utt.speed)
+                try:
+                    while True:
+                        try:
+                            chunk = await asyncio.wait_for(anext(stream), SYNTH_STALL_S)
+                        except StopAsyncIteration:
+                            break
+                        except asyncio.TimeoutError:
+                            raise EngineError(f"{engine.name} produced no audio for {SYNTH_STALL_S:.0f} s") from None
+                        if chunk.notice:
+                            self.output.emit(event("error", id=utt.id, code=ErrorCode.engine_error.value,
+                                                   message=chunk.notice))
+                        if chunk.sample_rate != resampler.in_rate:
+                            resampler = Resampler(chunk.sample_rate)
+                        base = utt.buffer.written
+                        for mark in chunk.marks:
+                            if mark.kind == "sentence" or self.word_captions:
+                                utt.marks.append((base + resampler.to_output_samples(mark.sample), mark.text))
+                        utt.buffer.write(resampler.push(chunk.pcm))
+                        self._on_audio(utt)
+                        while utt.buffer.available > AHEAD_SAMPLES:
+                            utt.waiting_space = True
+                            utt.space.clear()
+                            await utt.space.wait()
+                finally:
+                    await stream.aclose()
+            utt.buffer.write(resampler.flush())
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # an engine failing must not take the room down
+            log.warning("synthesis failed in room %s utterance %s: %s", self.room, utt.id, exc)
+            utt.error = str(exc)
+            self.output.emit(event("error", id=utt.id, code=ErrorCode.engine_error.value, message=str(exc)))
+        finally:
+            utt.synth_done = True
+        if utt is self.current:
+            self._on_audio(utt)
+
+    def _on_audio(self, utt: Utterance) -> None:
+        if utt is self.current and (utt.buffer.available >= FRAME_SAMPLES or utt.synth_done):
+            self.output.pull_now()
+
+    # -- playout -------------------------------------------------------------------------
+
+    @property
+    def idle(self) -> bool:
+        return self.current is None and not self.queue and self._pending_fade is None
+
+    def next_frame(self) -> np.ndarray | None:
+        """The next 20 ms frame to send, or None when there is nothing to send this slot.
+        The returned array is reused: encode it before the next call."""
+        if self._pending_fade is not None:
+            frame, self._pending_fade = self._pending_fade, None
+            return frame
+        utt = self.current
+        if utt is None:
+            return None
+        buf = utt.buffer
+        if buf.available < FRAME_SAMPLES and not (utt.synth_done and buf.available > 0):
+            if utt.synth_done:
+                self._finish(utt)
+            return None  # synthesis has not caught up: skip this slot
+        frame = self._frame
+        n = buf.read_into(frame)
+        if not utt.started:
+            utt.started = True
+            ttfa_ms = (time.perf_counter() - utt.received) * 1000
+            metrics.TTFA.labels(utt.voice.engine).observe(ttfa_ms / 1000)
+            self.output.emit(event("started", id=utt.id, ttfa_ms=round(ttfa_ms, 2)))
+        end = utt.played + n
+        while utt.marks and utt.marks[0][0] < end:
+            at, text = utt.marks.popleft()
+            self.output.emit(event("caption", id=utt.id, text=text, offset_ms=max(at, utt.played) * 1000 // SAMPLE_RATE))
+        utt.played = end
+        if utt.waiting_space and buf.available <= AHEAD_SAMPLES:
+            utt.waiting_space = False
+            utt.space.set()
+        if self.gain != 1.0:
+            self._apply_gain(frame)
+        if utt.synth_done and buf.available == 0:
+            self._finish(utt)
+        return frame
+
+    def _apply_gain(self, frame: np.ndarray) -> None:
+        if self.gain != 1.0:
+            np.multiply(frame, self.gain, out=frame, casting="unsafe")
+
+    def _finish(self, utt: Utterance) -> None:
+        self.current = None
+        self._open.pop(utt.id, None)
+        metrics.UTTERANCES.labels("error" if utt.error else "finished").inc()
+        self.output.emit(event("finished", id=utt.id, audio_ms=utt.played_ms))
+        self._advance()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def snapshot(self) -> dict:
+        cur = self.current
+        return {
+            "voice": self.voice.id,
+            "playing": None if cur is None else {"id": cur.id, "text": cur.text[:200], "played_ms": cur.played_ms},
+            "queue": [{"id": u.id, "priority": u.priority, "text": u.text[:200]} for u in self.queue],
+        }
+
+    def close(self, reason: str = "disconnect") -> None:
+        """Stop everything (the room is going away)."""
+        self.closed = True
+        for utt in list(self.queue):
+            self._cut(utt, reason)
+        if self.current is not None:
+            utt = self.current
+            if utt.producer is not None:
+                utt.producer.cancel()
+            self.current = None
+            metrics.UTTERANCES.labels("interrupted").inc()
+            self.output.emit(event("interrupted", id=utt.id, played_ms=utt.played_ms, reason=reason))
+        self._pending_fade = None

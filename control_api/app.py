@@ -1,0 +1,67 @@
+"""`create_app(agent) -> FastAPI`: the control plane, no globals."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+
+from agent.runtime import Agent
+
+from . import problems
+from .limits import BodyLimit, RateLimiter
+from .routers import health, rooms, tokens, voices, whep
+
+DEMO_DIR = Path(__file__).resolve().parent.parent / "web_demo"
+
+
+def create_app(agent: Agent) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        await agent.close()
+
+    app = FastAPI(
+        title="tts-agent control plane",
+        version="1.0.0",
+        description="Speaks text into WebRTC rooms. Protocol: shared/PROTOCOL.md (room protocol v1).",
+        lifespan=lifespan,
+    )
+    app.state.agent = agent
+    app.state.rate_limiter = RateLimiter(agent.settings.rate_limit_per_min)
+    problems.install(app)
+    for router in (tokens.router, voices.router, rooms.router, whep.router, health.router):
+        app.include_router(router)
+    _mount_demo(app)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=["*"],
+        allow_methods=["GET", "POST", "DELETE", "PATCH", "OPTIONS"],
+        allow_headers=["Authorization", "Content-Type", "If-Match"],
+        expose_headers=["Location", "ETag", "Retry-After", "Content-Disposition"],
+    )
+    app.add_middleware(BodyLimit, max_bytes=agent.settings.max_body_bytes)
+    return app
+
+
+def _mount_demo(app: FastAPI) -> None:
+    if not DEMO_DIR.is_dir():
+        return
+
+    @app.get("/", include_in_schema=False)
+    def root():
+        return RedirectResponse("/demo")
+
+    @app.get("/demo", include_in_schema=False)
+    def demo():
+        return FileResponse(DEMO_DIR / "index.html")
+
+    @app.get("/demo/listen", include_in_schema=False)
+    def listen():
+        return FileResponse(DEMO_DIR / "listen.html")
+
+    app.mount("/demo/static", StaticFiles(directory=DEMO_DIR), name="demo-static")

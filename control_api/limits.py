@@ -1,0 +1,82 @@
+"""Request body caps (413) and per-client rate limits (429 with Retry-After)."""
+
+from __future__ import annotations
+
+import math
+import time
+
+from .problems import problem_response
+
+
+class BodyLimit:
+    """ASGI middleware: refuse bodies over `max_bytes`, declared or streamed."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > self.max_bytes
+                except ValueError:
+                    too_big = False
+                if too_big:
+                    return await problem_response(413, f"request body larger than {self.max_bytes} bytes")(scope, receive, send)
+        seen = 0
+        started = False
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _TooLarge
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await problem_response(413, f"request body larger than {self.max_bytes} bytes")(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class RateLimiter:
+    """A token bucket per key (token subject or client IP): `per_min` requests a minute, bursts of `burst`."""
+
+    def __init__(self, per_min: int, burst: int | None = None, clock=time.monotonic):
+        self.rate = per_min / 60.0
+        self.burst = float(burst if burst is not None else max(1, per_min // 6))
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def hit(self, key: str) -> float:
+        """Take one request; returns 0 if allowed, else seconds until one is."""
+        now = self._clock()
+        tokens, last = self._buckets.get(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if tokens >= 1:
+            self._buckets[key] = (tokens - 1, now)
+            if len(self._buckets) > 100_000:  # bound memory under a spray of keys
+                self._buckets.pop(next(iter(self._buckets)))
+            return 0.0
+        self._buckets[key] = (tokens, now)
+        return (1 - tokens) / self.rate
+
+    @staticmethod
+    def retry_after(wait_s: float) -> str:
+        return str(max(1, math.ceil(wait_s)))

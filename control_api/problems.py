@@ -1,0 +1,76 @@
+"""Problem details (RFC 9457): every HTTP error body, produced in one place."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from agent.protocol import ErrorCode, ProtocolError
+
+PROBLEM_JSON = "application/problem+json"
+
+# protocol error code -> HTTP status, for commands that arrive over HTTP
+PROTOCOL_STATUS = {
+    ErrorCode.bad_message: 422,
+    ErrorCode.text_too_long: 422,
+    ErrorCode.unknown_voice: 422,
+    ErrorCode.unknown_utterance: 404,
+    ErrorCode.duplicate_id: 409,
+    ErrorCode.queue_full: 429,
+    ErrorCode.rate_limited: 429,
+    ErrorCode.engine_error: 503,
+    ErrorCode.unauthorized: 403,
+}
+
+TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+          409: "Conflict", 413: "Content Too Large", 415: "Unsupported Media Type", 422: "Unprocessable Content",
+          429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable"}
+
+
+class Problem(Exception):
+    def __init__(self, status: int, detail: str, *, code: str | None = None, headers: dict | None = None, **extra):
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.code = code
+        self.headers = headers or {}
+        self.extra = extra
+
+
+def problem_response(status: int, detail: str, *, code: str | None = None, headers: dict | None = None,
+                     **extra) -> JSONResponse:
+    body = {"type": f"https://tts-agent.dev/problems/{code or status}", "title": TITLES.get(status, "Error"),
+            "status": status, "detail": detail}
+    if code:
+        body["code"] = code
+    body.update(extra)
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(Problem)
+    async def _problem(_: Request, exc: Problem):
+        return problem_response(exc.status, exc.detail, code=exc.code, headers=exc.headers, **exc.extra)
+
+    @app.exception_handler(ProtocolError)
+    async def _protocol(_: Request, exc: ProtocolError):
+        status = PROTOCOL_STATUS.get(exc.code, 400)
+        return problem_response(status, exc.message, code=exc.code.value)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError):
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
+        first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+        field = ".".join(str(p) for p in first["loc"] if p != "body")
+        return problem_response(422, f"{field}: {first['msg']}" if field else first["msg"], code="bad_message",
+                                errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException):
+        return problem_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception):
+        return problem_response(500, "internal error")

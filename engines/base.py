@@ -1,0 +1,78 @@
+"""The engine contract: what every synthesizer gives the Speaker.
+
+An engine turns (text, voice, speed) into an async stream of int16 mono PCM chunks at the
+engine's own rate. Blocking synthesis runs off the event loop and stops promptly when the
+consumer stops iterating (the async generator is closed or its task cancelled).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+
+class EngineError(Exception):
+    """A synthesizer failed; the Speaker reports it as `engine_error`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Voice:
+    id: str  # "engine:name", unique across engines
+    engine: str
+    language: str  # BCP-47-ish tag, lower case: "en-us", "cmn", "es-419"
+    name: str
+    sample_rate: int
+    quality: str | None = None  # "neural" engines rank before "formant" ones
+    speakers: int | None = None
+    neural: bool = False
+    fallback: str | None = None  # voice id spoken if this one's engine fails
+
+    def public(self) -> dict:
+        out = {
+            "id": self.id,
+            "engine": self.engine,
+            "language": self.language,
+            "name": self.name,
+            "sample_rate": self.sample_rate,
+        }
+        if self.quality is not None:
+            out["quality"] = self.quality
+        if self.speakers is not None:
+            out["speakers"] = self.speakers
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """A sentence or word that starts at `sample` (offset in the chunk's own samples)."""
+
+    kind: Literal["sentence", "word"]
+    text: str
+    sample: int
+
+
+@dataclass(slots=True)
+class AudioChunk:
+    pcm: np.ndarray  # int16, mono
+    sample_rate: int
+    marks: list[Mark] = field(default_factory=list)
+    # Something the client should be told while the audio goes on (e.g. a fallback voice
+    # took over after the first engine failed); the Speaker sends it as `engine_error`.
+    notice: str | None = None
+
+
+@runtime_checkable
+class Engine(Protocol):
+    name: str
+
+    @property
+    def available(self) -> bool: ...
+
+    @property
+    def unavailable_reason(self) -> str | None: ...
+
+    def voices(self) -> list[Voice]: ...
+
+    def stream(self, text: str, voice: Voice, speed: float = 1.0) -> AsyncIterator[AudioChunk]: ...

@@ -1,0 +1,243 @@
+"""eSpeak NG through ctypes on the library and data shipped in the `espeakng-loader` wheel.
+
+The library keeps global state and is not re-entrant, so every call runs on one dedicated
+thread. Text is synthesized one sentence per job, which lets rooms take turns on that thread
+and lets a cancelled utterance give the thread up within one sentence (the callback also
+aborts the sentence in progress).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import AsyncIterator
+
+import numpy as np
+
+from .base import AudioChunk, EngineError, Mark, Voice
+from .text import split_for_synthesis
+
+log = logging.getLogger(__name__)
+
+AUDIO_OUTPUT_SYNCHRONOUS = 2
+INITIALIZE_DONT_EXIT = 0x8000
+CHARS_UTF8 = 1
+POS_CHARACTER = 1
+PARAM_RATE = 1
+EVENT_LIST_TERMINATED = 0
+EVENT_WORD = 1
+BUFFER_MS = 40  # audio per callback: small so the first chunk leaves early
+BASE_WPM = 175
+
+
+class _EventId(ctypes.Union):
+    _fields_ = [("number", ctypes.c_int), ("name", ctypes.c_char_p), ("string", ctypes.c_char * 8)]
+
+
+class _Event(ctypes.Structure):
+    _fields_ = [
+        ("type", ctypes.c_int),
+        ("unique_identifier", ctypes.c_uint),
+        ("text_position", ctypes.c_int),
+        ("length", ctypes.c_int),
+        ("audio_position", ctypes.c_int),
+        ("sample", ctypes.c_int),
+        ("user_data", ctypes.c_void_p),
+        ("id", _EventId),
+    ]
+
+
+class _VoiceSpec(ctypes.Structure):
+    _fields_ = [
+        ("name", ctypes.c_char_p),
+        ("languages", ctypes.c_void_p),  # (priority byte, name, NUL)* then NUL
+        ("identifier", ctypes.c_char_p),
+        ("gender", ctypes.c_ubyte),
+        ("age", ctypes.c_ubyte),
+        ("variant", ctypes.c_ubyte),
+        ("xx1", ctypes.c_ubyte),
+        ("score", ctypes.c_int),
+        ("spare", ctypes.c_void_p),
+    ]
+
+
+_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event))
+
+
+class _Job:
+    """One sentence being synthesized: where its chunks go and whether to stop."""
+
+    __slots__ = ("loop", "queue", "cancel", "text", "emitted", "pending", "sample_rate")
+
+    def __init__(self, loop, queue, text: str, sample_rate: int):
+        self.loop = loop
+        self.queue = queue
+        self.cancel = threading.Event()
+        self.text = text
+        self.emitted = 0  # samples handed out so far
+        self.pending: list[tuple[int, Mark]] = [(0, Mark("sentence", text, 0))]  # (absolute sample, mark)
+        self.sample_rate = sample_rate
+
+
+class EspeakEngine:
+    name = "espeak"
+
+    def __init__(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="espeak")
+        self._lib: ctypes.CDLL | None = None
+        self._reason: str | None = None
+        self._voices: list[Voice] = []
+        self._identifiers: dict[str, str] = {}  # voice id -> espeak identifier
+        self._current: tuple[str, int] | None = None  # (identifier, rate) set in the library
+        self._job: _Job | None = None
+        self._callback = _CALLBACK(self._on_audio)  # keep a reference: C holds a pointer
+        self.sample_rate = 22050
+        try:
+            self._executor.submit(self._initialize).result()
+        except Exception as exc:  # the engine reports itself unavailable, never crashes
+            self._reason = f"eSpeak NG could not be loaded: {exc}"
+            log.warning(self._reason)
+
+    # -- Engine protocol -------------------------------------------------------------------
+
+    @property
+    def available(self) -> bool:
+        return self._lib is not None
+
+    @property
+    def unavailable_reason(self) -> str | None:
+        return self._reason
+
+    def voices(self) -> list[Voice]:
+        return list(self._voices)
+
+    async def stream(self, text: str, voice: Voice, speed: float = 1.0) -> AsyncIterator[AudioChunk]:
+        if self._lib is None:
+            raise EngineError(self._reason or "eSpeak NG is not available")
+        identifier = self._identifiers.get(voice.id)
+        if identifier is None:
+            raise EngineError(f"unknown eSpeak NG voice {voice.id!r}")
+        rate = max(80, min(450, round(BASE_WPM * speed)))
+        loop = asyncio.get_running_loop()
+        for piece in split_for_synthesis(text):
+            queue: asyncio.Queue = asyncio.Queue()
+            job = _Job(loop, queue, piece, self.sample_rate)
+            done = loop.run_in_executor(self._executor, self._synthesize, job, identifier, rate)
+            try:
+                while True:
+                    item = await queue.get()
+                    if item is None:
+                        break
+                    yield item
+                await done  # surfaces an error raised on the engine thread
+            finally:
+                job.cancel.set()
+
+    # -- engine thread ---------------------------------------------------------------------
+
+    def _initialize(self) -> None:
+        import espeakng_loader
+
+        lib = ctypes.CDLL(espeakng_loader.get_library_path())
+        lib.espeak_Initialize.restype = ctypes.c_int
+        lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+        lib.espeak_Synth.restype = ctypes.c_int
+        lib.espeak_Synth.argtypes = [
+            ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
+            ctypes.c_uint, ctypes.POINTER(ctypes.c_uint), ctypes.c_void_p,
+        ]
+        lib.espeak_SetSynthCallback.argtypes = [_CALLBACK]
+        lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+        lib.espeak_SetVoiceByName.restype = ctypes.c_int
+        lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+        lib.espeak_ListVoices.restype = ctypes.POINTER(ctypes.POINTER(_VoiceSpec))
+        lib.espeak_ListVoices.argtypes = [ctypes.c_void_p]
+
+        data_home = str(Path(espeakng_loader.get_data_path()).parent)
+        rate = lib.espeak_Initialize(AUDIO_OUTPUT_SYNCHRONOUS, BUFFER_MS, data_home.encode(), INITIALIZE_DONT_EXIT)
+        if rate <= 0:
+            raise EngineError(f"espeak_Initialize failed ({rate}) with data at {data_home}")
+        self.sample_rate = rate
+        lib.espeak_SetSynthCallback(self._callback)
+        self._lib = lib
+        self._voices, self._identifiers = self._list_voices(lib, rate)
+
+    @staticmethod
+    def _list_voices(lib, rate: int) -> tuple[list[Voice], dict[str, str]]:
+        voices: list[Voice] = []
+        identifiers: dict[str, str] = {}
+        arr = lib.espeak_ListVoices(None)
+        i = 0
+        while arr[i]:
+            spec = arr[i].contents
+            i += 1
+            # languages: first byte is a priority, then a NUL-terminated name
+            language = ctypes.string_at(spec.languages + 1).decode(errors="replace").lower()
+            identifier = spec.identifier.decode(errors="replace")
+            if not language or identifier.startswith("mb/"):  # mbrola voices need extra data
+                continue
+            vid = f"espeak:{language}"
+            if vid in identifiers:
+                continue
+            identifiers[vid] = identifier
+            voices.append(
+                Voice(
+                    id=vid,
+                    engine="espeak",
+                    language=language,
+                    name=spec.name.decode(errors="replace").replace("_", " "),
+                    sample_rate=rate,
+                    quality="formant",
+                )
+            )
+        voices.sort(key=lambda v: v.id)
+        return voices, identifiers
+
+    def _synthesize(self, job: _Job, identifier: str, rate: int) -> None:
+        lib = self._lib
+        assert lib is not None
+        try:
+            if self._current != (identifier, rate):
+                if lib.espeak_SetVoiceByName(identifier.encode()) != 0:
+                    raise EngineError(f"eSpeak NG refused voice {identifier!r}")
+                lib.espeak_SetParameter(PARAM_RATE, rate, 0)
+                self._current = (identifier, rate)
+            data = job.text.encode("utf-8")
+            self._job = job
+            err = lib.espeak_Synth(data, len(data) + 1, 0, POS_CHARACTER, 0, CHARS_UTF8, None, None)
+            if err != 0 and not job.cancel.is_set():
+                raise EngineError(f"espeak_Synth failed with code {err}")
+        finally:
+            self._job = None
+            job.loop.call_soon_threadsafe(job.queue.put_nowait, None)
+
+    def _on_audio(self, wav, numsamples, events) -> int:
+        job = self._job
+        if job is None or job.cancel.is_set():
+            return 1  # abort synthesis
+        i = 0
+        while events[i].type != EVENT_LIST_TERMINATED:
+            ev = events[i]
+            i += 1
+            if ev.type == EVENT_WORD and ev.length > 0:
+                start = ev.text_position - 1
+                word = job.text[start : start + ev.length]
+                job.pending.append((ev.audio_position * job.sample_rate // 1000, Mark("word", word, 0)))
+        if numsamples <= 0:
+            return 0
+        # Events can run ahead of the audio they describe: attach each to the chunk it falls in.
+        end = job.emitted + numsamples
+        marks = [Mark(m.kind, m.text, max(0, at - job.emitted)) for at, m in job.pending if at < end]
+        if marks:
+            job.pending = [(at, m) for at, m in job.pending if at >= end]
+        pcm = np.ctypeslib.as_array(wav, shape=(numsamples,)).copy()
+        job.emitted = end
+        job.loop.call_soon_threadsafe(job.queue.put_nowait, AudioChunk(pcm, job.sample_rate, marks))
+        return 0
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
