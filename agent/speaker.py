@@ -45,6 +45,21 @@ RECENT_IDS = 4096  # ids remembered for duplicate detection
 SYNTH_STALL_S = 10.0  # no audio from the engine for this long: engine_error
 
 
+GAIN_STEP_DB = 3.0  # per 20 ms frame: a 12 dB duck takes 80 ms each way
+
+
+def _step_gain(current: float, target: float) -> float:
+    """One frame's move from `current` toward `target`, at most GAIN_STEP_DB."""
+    if current == target:
+        return target
+    floor = 10 ** (-60 / 20)
+    cur_db = 20 * np.log10(max(current, floor))
+    tgt_db = 20 * np.log10(max(target, floor))
+    step = max(-GAIN_STEP_DB, min(GAIN_STEP_DB, tgt_db - cur_db))
+    nxt = 10 ** ((cur_db + step) / 20)
+    return target if abs(tgt_db - (cur_db + step)) < 1e-6 else float(nxt)
+
+
 class SpeakerOutput(Protocol):
     def emit(self, event: dict, to: str | None = None) -> None: ...
 
@@ -123,7 +138,8 @@ class Speaker:
         self._auto_id = itertools.count(1)
         self._frame = np.zeros(FRAME_SAMPLES, np.int16)
         self._pending_fade: np.ndarray | None = None
-        self.gain = 1.0  # ducking (barge-in); applied to samples before encoding
+        self._gain = 1.0  # gain at the end of the last frame (ducking); applied before encoding
+        self.target_gain = 1.0
         self.on_idle: Callable[[], None] | None = None
         self.closed = False
 
@@ -399,15 +415,25 @@ class Speaker:
         if utt.waiting_space and buf.available <= AHEAD_SAMPLES:
             utt.waiting_space = False
             utt.space.set()
-        if self.gain != 1.0:
-            self._apply_gain(frame)
+        self._apply_gain(frame)
         if utt.synth_done and buf.available == 0:
             self._finish(utt)
         return frame
 
+    def set_gain(self, gain: float) -> None:
+        """Duck (or restore) the voice; the change ramps over a few frames, click-free."""
+        self.target_gain = max(0.0, min(1.0, gain))
+
     def _apply_gain(self, frame: np.ndarray) -> None:
-        if self.gain != 1.0:
-            np.multiply(frame, self.gain, out=frame, casting="unsafe")
+        g0, target = self._gain, self.target_gain
+        if g0 == 1.0 and target == 1.0:
+            return  # the common case: nothing to do, no allocation
+        g1 = _step_gain(g0, target)
+        if g0 == g1:
+            np.multiply(frame, g1, out=frame, casting="unsafe")
+        else:  # a linear ramp inside the frame: no step in the waveform
+            np.multiply(frame, np.linspace(g0, g1, len(frame), dtype=np.float32), out=frame, casting="unsafe")
+        self._gain = g1
 
     def _finish(self, utt: Utterance) -> None:
         self.current = None
