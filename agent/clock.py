@@ -12,6 +12,7 @@ import asyncio
 import logging
 from typing import Protocol
 
+from . import metrics
 from .audio import FRAME_MS
 
 log = logging.getLogger(__name__)
@@ -80,8 +81,10 @@ class FrameClock:
                     log.exception("room tick failed")
                     self._rooms.pop(room, None)
             if self._loop_time() - self.slot_time(slot) > LATE_S:
+                # the whole tick finished late: count every frame it sent as late
                 self.late_ticks += 1
                 self.frames_late += len(self._rooms)
+                metrics.FRAMES_LATE.inc(len(self._rooms))
 
     async def stop(self) -> None:
         self._rooms.clear()

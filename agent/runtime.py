@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 class Agent:
     def __init__(self, settings: Settings, engines: list[Engine] | None = None):
         self.settings = settings
+        self._owns_engines = engines is None  # engines passed in are shared: the caller closes them
         self.engines = engines if engines is not None else default_engines(settings)
         self.voices = VoiceRegistry(self.engines, settings.voice)
         self.tokens = TokenAuthority(settings.keys)
@@ -43,7 +44,7 @@ class Agent:
         self.rooms.draining = True
         await self.webrtc.close_all()
         await self.rooms.close_all()
-        for engine in self.engines:
+        for engine in self.engines if self._owns_engines else ():
             close = getattr(engine, "close", None)
             if close is not None:
                 close()
