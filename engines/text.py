@@ -1,37 +1,52 @@
 """Split text into the pieces an engine synthesizes one at a time.
 
-Sentences end at . ! ? ; … (Latin: followed by a space or the end) and at 。！？；
-(CJK: anywhere). A period inside a number (3.14) or after a known abbreviation (Dr.) does
-not end a sentence. The first piece is cut again at a clause boundary when it is long, so
-the first audio of an utterance leaves as early as possible.
+Sentences end at . ! ? ; … (Latin: followed by a space or the end), at 。！？；
+(CJK: anywhere) and at line breaks. A period inside a number (3.14), after a known
+abbreviation (Dr.) or inside a dotted initialism (p.m.) does not end a sentence. The first
+piece is cut again at a clause boundary when it is long, so the first audio of an utterance
+leaves as early as possible; a very long run-on sentence is cut at clauses so no single piece
+holds up the next.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 
 ABBREVIATIONS = frozenset(
     """mr mrs ms dr prof sr jr st vs etc e.g i.e no fig approx dept est inc ltd co corp
-    jan feb mar apr jun jul aug sep sept oct nov dec mt ft u.s sra srta ud uds""".split()
+    jan feb mar apr jun jul aug sep sept oct nov dec mt ft u.s sra srta ud uds dra lic
+    av avda pág núm""".split()
 )
 
 # A candidate end: Latin terminators followed by closing quotes/brackets, or a CJK one.
-_LATIN_END = re.compile(r"[.!?;…]+[\"'”’)\]]*(?=\s|$)")
+_LATIN_END = re.compile(r"[.!?;…]+[\"'”’)\]»]*(?=\s|$)")
 _CJK_END = re.compile(r"[。！？；]+[”’」』）]*")
+_LINE_END = re.compile(r"\n+")
 _CLAUSE = re.compile(r"[,:，、：—]\s*")
-FIRST_PIECE_CHARS = 40  # a first piece longer than this is cut at a clause
+_DOTTED_INITIALS = re.compile(r"^(?:\w\.)+\w$")  # p.m, e.g, u.s.a
+FIRST_PIECE_WEIGHT = 40  # a first piece longer than this (in Latin-character units) is cut at a clause
+MAX_PIECE_WEIGHT = 240  # any piece longer than this is cut at clauses (or spaces)
+CJK_WEIGHT = 3  # a CJK character takes about as long to say as three Latin letters
+
+
+def _is_cjk(ch: str) -> bool:
+    return unicodedata.east_asian_width(ch) in ("W", "F") and ch.isalnum()
+
+
+def _weight(text: str) -> int:
+    """Roughly how long `text` takes to say, in Latin-character units."""
+    return sum(CJK_WEIGHT if _is_cjk(ch) else 1 for ch in text)
 
 
 def _ends_sentence(text: str, start: int, end: int) -> bool:
     token = text[start:end]
-    if token.startswith("."):
-        before = text[:start]
-        word = re.search(r"([\w.]+)$", before)
+    if token.startswith(".") and not token.startswith(".."):
+        word = re.search(r"([\w.]+)$", text[:start])
         if word:
             w = word.group(1).lower()
-            if w in ABBREVIATIONS or (len(w) == 1 and w.isalpha()):
+            if w in ABBREVIATIONS or (len(w) == 1 and w.isalpha()) or _DOTTED_INITIALS.match(w):
                 return False
-        # "3." followed by a digit is a number; Latin ends need a space after anyway.
     return True
 
 
@@ -40,16 +55,15 @@ def split_sentences(text: str) -> list[str]:
     text = text.strip()
     if not text:
         return []
-    ends: list[int] = []
+    ends: set[int] = set()
     for m in _LATIN_END.finditer(text):
         if _ends_sentence(text, m.start(), m.end()):
-            ends.append(m.end())
-    for m in _CJK_END.finditer(text):
-        ends.append(m.end())
-    ends = sorted(set(ends))
+            ends.add(m.end())
+    ends.update(m.end() for m in _CJK_END.finditer(text))
+    ends.update(m.start() for m in _LINE_END.finditer(text))
     out: list[str] = []
     pos = 0
-    for e in ends:
+    for e in sorted(ends):
         piece = text[pos:e].strip()
         if piece:
             out.append(piece)
@@ -60,28 +74,60 @@ def split_sentences(text: str) -> list[str]:
     return out
 
 
-def split_for_synthesis(text: str, first_chars: int = FIRST_PIECE_CHARS) -> list[str]:
-    """Sentences, with the first one cut at its first clause boundary when it is long."""
-    pieces = split_sentences(text)
-    if pieces and len(pieces[0]) > first_chars:
+def _cut_at_clause(piece: str, min_weight: int) -> tuple[str, str] | None:
+    """Cut after the first clause mark that leaves a head of at least `min_weight`."""
+    for m in _CLAUSE.finditer(piece):
+        head, tail = piece[: m.end()].strip(), piece[m.end() :].strip()
+        if _weight(head) >= min_weight and _weight(tail) >= 4:
+            return head, tail
+    return None
+
+
+def _cut_long(piece: str) -> list[str]:
+    out: list[str] = []
+    while _weight(piece) > MAX_PIECE_WEIGHT:
+        cut = _cut_at_clause(piece, MAX_PIECE_WEIGHT // 3)
+        if cut is None:  # no clause mark: cut at the last space that keeps the head short enough
+            space = piece.rfind(" ", 0, MAX_PIECE_WEIGHT)
+            if space <= 0:
+                break
+            cut = piece[:space].strip(), piece[space:].strip()
+        out.append(cut[0])
+        piece = cut[1]
+    out.append(piece)
+    return out
+
+
+def split_for_synthesis(text: str, first_chars: int = FIRST_PIECE_WEIGHT) -> list[str]:
+    """Sentences, with the first one cut at a clause boundary when it is long and any
+    run-on sentence cut into clauses."""
+    pieces = [p for s in split_sentences(text) for p in _cut_long(s)]
+    if pieces and _weight(pieces[0]) > first_chars:
         first = pieces[0]
-        m = _CLAUSE.search(first, 8)
-        if m and m.end() < len(first) - 4:
-            pieces[0:1] = [first[: m.end()].strip(), first[m.end() :].strip()]
+        cut = _cut_at_clause(first, 8)
+        if cut is None and _weight(first) > 3 * first_chars and " " in first[first_chars:]:
+            space = first.index(" ", first_chars)  # no clause mark at all: cut at a word
+            cut = first[:space].strip(), first[space:].strip()
+        if cut is not None:
+            pieces[0:1] = list(cut)
     return pieces
 
 
 def complete_prefix(text: str) -> tuple[str, str]:
-    """(complete sentences, the unfinished rest) of a text that is still growing."""
+    """(complete sentences, the unfinished rest) of a text that is still growing.
+
+    A Latin sentence counts as complete once whitespace follows its end mark (the next token
+    could still turn "3." into "3.14"); a CJK end mark or a line break completes at once."""
     pieces = split_sentences(text)
     if not pieces:
         return "", text
     stripped = text.rstrip()
     last = pieces[-1]
-    last_complete = bool(_LATIN_END.search(last + " ")) and stripped.endswith(last) and (
-        text != stripped or _CJK_END.search(last[-1:]) is not None
-    )
-    if _CJK_END.fullmatch(last[-1:] or "x"):
+    trailing_space = text != stripped
+    end_mark = next((m for m in _LATIN_END.finditer(last) if m.end() == len(last)), None)
+    last_complete = (end_mark is not None and trailing_space
+                     and _ends_sentence(last, end_mark.start(), end_mark.end()))
+    if _CJK_END.fullmatch(last[-1:] or "x") or "\n" in text[len(stripped):]:
         last_complete = True
     if last_complete:
         return text, ""
@@ -89,6 +135,9 @@ def complete_prefix(text: str) -> tuple[str, str]:
     return text[:idx], text[idx:]
 
 
-def normalize(text: str) -> str:
-    """Case- and space-insensitive form used for dedupe and cache keys."""
-    return " ".join(text.lower().split())
+def normalize(text: str, *, fold_case: bool = True) -> str:
+    """Space-insensitive (and by default case-insensitive) form used for dedupe and cache keys.
+
+    The PCM cache keeps case (`fold_case=False`): "US" and "us" are said differently."""
+    text = " ".join(unicodedata.normalize("NFC", text).split())
+    return text.lower() if fold_case else text
