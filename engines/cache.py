@@ -1,0 +1,95 @@
+"""A PCM cache in front of an engine: repeated phrases (danmu's hundredth "thank you") are
+served from memory, not synthesized again.
+
+LRU, bounded in bytes of PCM, keyed by (engine, voice, speed, text with spaces normalized).
+Only complete results are stored: a stream the consumer closed early or one that failed
+leaves nothing behind, so a hit always plays the whole phrase.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, AsyncIterator
+
+from agent import metrics
+
+from .base import AudioChunk, Engine, Voice
+from .text import normalize
+
+CacheKey = tuple[str, str, float, str]
+
+
+class PcmCache:
+    """Chunks by key, least recently used evicted first once `max_bytes` is exceeded."""
+
+    def __init__(self, max_bytes: int):
+        assert max_bytes >= 0
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._entries: OrderedDict[CacheKey, tuple[list[AudioChunk], int]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: CacheKey) -> list[AudioChunk] | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        self._entries.move_to_end(key)
+        return entry[0]
+
+    def put(self, key: CacheKey, chunks: list[AudioChunk]) -> None:
+        size = sum(c.pcm.nbytes for c in chunks)
+        if size > self.max_bytes:
+            return  # one phrase larger than the whole cache: keeping it would evict everything
+        for c in chunks:
+            c.pcm.setflags(write=False)  # shared by every later hit
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self.bytes -= old[1]
+        self._entries[key] = (chunks, size)
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, (_, evicted) = self._entries.popitem(last=False)
+            self.bytes -= evicted
+
+
+class CachingEngine:
+    """Wraps an engine; everything but `stream` is the inner engine's."""
+
+    def __init__(self, inner: Engine, max_bytes: int, cache: PcmCache | None = None):
+        self.inner = inner
+        self.name = inner.name
+        self.cache = cache if cache is not None else PcmCache(max_bytes)
+
+    @property
+    def available(self) -> bool:
+        return self.inner.available
+
+    @property
+    def unavailable_reason(self) -> str | None:
+        return self.inner.unavailable_reason
+
+    def voices(self) -> list[Voice]:
+        return self.inner.voices()
+
+    def __getattr__(self, attr: str) -> Any:  # origin(), warm(), close(), ...
+        return getattr(self.inner, attr)
+
+    async def stream(self, text: str, voice: Voice, speed: float = 1.0) -> AsyncIterator[AudioChunk]:
+        key: CacheKey = (self.name, voice.id, round(float(speed), 3), normalize(text, fold_case=False))
+        hit = self.cache.get(key)
+        if hit is not None:
+            metrics.CACHE.labels("hit").inc()
+            for chunk in hit:
+                # a fresh chunk object per hit (the Speaker may attach state); the PCM is shared, read-only
+                yield AudioChunk(chunk.pcm, chunk.sample_rate, list(chunk.marks), chunk.notice)
+            return
+        metrics.CACHE.labels("miss").inc()
+        chunks: list[AudioChunk] = []
+        async for chunk in self.inner.stream(text, voice, speed):
+            chunks.append(AudioChunk(chunk.pcm.copy(), chunk.sample_rate, list(chunk.marks), chunk.notice))
+            yield chunk
+        # reached only when the inner stream ended normally and the consumer read it all
+        if chunks and not any(c.notice for c in chunks):
+            self.cache.put(key, chunks)
