@@ -32,7 +32,7 @@ def cut_text(text: str, max_chars: int) -> str:
     head = text[:keep]
     # Latin text: back up to the last space if it leaves something; CJK has no spaces.
     space = head.rfind(" ")
-    if space > keep // 2:
+    if not text[keep].isspace() and space > keep // 2:
         head = head[:space]
     return head.rstrip(" ,.;:") + ELLIPSIS
 

@@ -75,7 +75,7 @@ class Utterance:
     )
 
     def __init__(self, id: str, text: str, voice: Voice, speed: float, priority: str, seq: int,
-                 sender: str | None, final: bool, received: float):
+                 sender: str | None, final: bool, received: float, enqueued: float):
         self.id = id
         self.text = text  # for open utterances: all text received so far
         self.voice = voice
@@ -86,7 +86,7 @@ class Utterance:
         self.sender = sender
         self.final = final
         self.received = received  # perf_counter when the request arrived
-        self.enqueued = time.monotonic()
+        self.enqueued = enqueued
         self.buffer = PcmBuffer()
         self.marks: deque[tuple[int, str]] = deque()  # (sample at 48 kHz, caption text)
         self.producer: asyncio.Task | None = None
@@ -120,13 +120,15 @@ class Speaker:
         barge_in: BargeIn | None = None,
         max_text_chars: int = 5000,
         word_captions: bool = True,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.room = room
         self.voices = voices
         self.output = output
         self.voice = voices.resolve(voice)
         self.speed = speed
-        self.danmu = DanmuPolicy(danmu)
+        self.clock = clock  # monotonic seconds: danmu windows and queue expiry (tests pass a fake)
+        self.danmu = DanmuPolicy(danmu, clock)
         self.barge_in = barge_in or BargeIn()
         self.max_text_chars = max_text_chars
         self.word_captions = word_captions
@@ -184,7 +186,7 @@ class Speaker:
             self._dropped(uid, admission.dropped)
             return uid, admission.dropped
         utt = Utterance(uid, admission.text, voice, cmd.speed or self.speed, cmd.priority, next(self._seq),
-                        cmd.from_, cmd.final, received)
+                        cmd.from_, cmd.final, received, self.clock())
         if not cmd.final:
             self._open[uid] = utt
         if cmd.priority == "critical" and self.current is not None:
@@ -269,7 +271,7 @@ class Speaker:
         while self.current is None and self.queue and not self.closed:
             utt = self.queue.pop(0)
             metrics.QUEUE_DEPTH.dec()
-            if max_wait is not None and time.monotonic() - utt.enqueued > max_wait:
+            if max_wait is not None and self.clock() - utt.enqueued > max_wait:
                 self._open.pop(utt.id, None)
                 self._dropped(utt.id, "expired")
                 continue
