@@ -14,7 +14,7 @@ from agent.runtime import Agent
 
 from . import problems
 from .limits import BodyLimit, RateLimiter
-from .routers import health, rooms, tokens, voices, whep
+from .routers import health, rooms, synthesize, tokens, voices, whep
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / "web_demo"
 
@@ -34,7 +34,7 @@ def create_app(agent: Agent) -> FastAPI:
     app.state.agent = agent
     app.state.rate_limiter = RateLimiter(agent.settings.rate_limit_per_min)
     problems.install(app)
-    for router in (tokens.router, voices.router, rooms.router, whep.router, health.router):
+    for router in (tokens.router, voices.router, rooms.router, whep.router, synthesize.router, health.router):
         app.include_router(router)
     _mount_demo(app)
     app.add_middleware(

@@ -10,9 +10,21 @@ from agent.runtime import Agent
 from agent.settings import is_loopback
 
 from .limits import RateLimiter
+from .models import Problem as ProblemOut
 from .problems import Problem
 
 bearer = HTTPBearer(auto_error=False, description="A LiveKit-format access token (JWT, HS256)")
+
+# OpenAPI: the refusals every authenticated route can answer
+ADMIN_REFUSALS = {
+    401: {"model": ProblemOut, "description": "no token, or it is expired, from an unknown issuer or badly signed"},
+    403: {"model": ProblemOut, "description": "the token lacks roomAdmin"},
+}
+ROOM_REFUSALS = {
+    401: ADMIN_REFUSALS[401],
+    403: {"model": ProblemOut, "description": "the token is for another room or lacks the grant"},
+}
+RATE_LIMITED = {429: {"model": ProblemOut, "description": "rate limited; Retry-After says when to try again"}}
 
 
 def get_agent(request: Request) -> Agent:
@@ -21,13 +33,13 @@ def get_agent(request: Request) -> Agent:
 
 def _token(credentials: HTTPAuthorizationCredentials | None) -> str:
     if credentials is None or not credentials.credentials:
-        raise Problem(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
+        raise Problem(401, "missing bearer token", code="unauthorized", headers={"WWW-Authenticate": "Bearer"})
     return credentials.credentials
 
 
 def _raise(err: AuthError):
     headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'} if err.status == 401 else None
-    raise Problem(err.status, err.reason, headers=headers)
+    raise Problem(err.status, err.reason, code="unauthorized", headers=headers)
 
 
 def require_admin(credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
@@ -50,15 +62,23 @@ def admin_or_dev(request: Request, credentials: HTTPAuthorizationCredentials | N
                  agent: Agent = Depends(get_agent)) -> Principal | None:
     """Token minting is open in dev mode to loopback clients, admin-only otherwise."""
     client = request.client.host if request.client else ""
-    if agent.settings.dev_mode and credentials is None and is_loopback(client or "127.0.0.1"):
+    if agent.settings.dev_mode and credentials is None and is_loopback(client):
         return None
     return require_admin(credentials, agent)
 
 
+def client_key(request: Request, credentials: HTTPAuthorizationCredentials | None) -> str:
+    """Who a rate limit counts: the token (its signature part) if one is sent, else the client address."""
+    if credentials is not None and credentials.credentials:
+        return "token:" + credentials.credentials[-43:]
+    return "ip:" + (request.client.host if request.client else "?")
+
+
 def rate_limited(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
     limiter: RateLimiter = request.app.state.rate_limiter
-    key = credentials.credentials[-32:] if credentials else (request.client.host if request.client else "?")
-    wait = limiter.hit(f"{request.url.path.rsplit('/', 1)[-1]}:{key}")
+    # one bucket per door: speak, synthesize or whep (the last segment of the route's path)
+    door = request.scope["route"].path.rsplit("/", 1)[-1] if "route" in request.scope else request.url.path
+    wait = limiter.hit(f"{door}:{client_key(request, credentials)}")
     if wait:
-        raise Problem(429, "rate limit exceeded", code="rate_limited",
+        raise Problem(429, f"rate limit exceeded on {door}; retry in {wait:.1f} s", code="rate_limited",
                       headers={"Retry-After": RateLimiter.retry_after(wait)})

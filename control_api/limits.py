@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import time
 
+from starlette.exceptions import HTTPException
+
 from .problems import problem_response
 
 
@@ -35,7 +37,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise _TooLarge
+                    raise _TooLarge(self.max_bytes)
             return message
 
         async def tracking_send(message):
@@ -51,8 +53,12 @@ class BodyLimit:
                 await problem_response(413, f"request body larger than {self.max_bytes} bytes")(scope, receive, send)
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(HTTPException):
+    """Raised inside the app while it reads a streamed body. An HTTPException, because FastAPI
+    turns any other error met while reading a body into a 400."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, f"request body larger than {max_bytes} bytes")
 
 
 class RateLimiter:

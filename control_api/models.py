@@ -6,6 +6,19 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from agent.protocol import Interrupt, Speed, Synthesize, VoiceRef
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details: the body of every error."""
+
+    type: str = Field(examples=["https://tts-agent.dev/problems/unknown_voice"])
+    title: str = Field(examples=["Unprocessable Content"])
+    status: int = Field(examples=[422])
+    detail: str = Field(examples=["no voice 'xx'; see GET /v1/voices"])
+    code: str | None = Field(None, description="the protocol's error code, where one applies")
+    errors: list[dict] | None = Field(None, description="the fields at fault: `loc` (path) and `msg`")
+
 
 class TokenRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"room": "demo", "identity": "alice"}]})
@@ -13,21 +26,21 @@ class TokenRequest(BaseModel):
     identity: str = Field(min_length=1, max_length=128)
     name: str | None = Field(None, max_length=128)
     ttl_s: int = Field(3600, ge=60, le=7 * 86400)
-    can_publish_data: bool = True
-    can_subscribe: bool = True
+    can_publish_data: bool = Field(True, description="may send commands on the data channel")
+    can_subscribe: bool = Field(True, description="may open a WHEP session to listen")
 
 
 class TokenResponse(BaseModel):
-    token: str
-    url: str
+    token: str = Field(description="a LiveKit access token (JWT, HS256) for the room")
+    url: str = Field(description="where to connect: this agent, or the LiveKit server in LiveKit mode")
 
 
 class VoiceOut(BaseModel):
-    id: str
-    engine: str
-    language: str
+    id: str = Field(examples=["espeak:en-us"])
+    engine: str = Field(examples=["espeak"])
+    language: str = Field(examples=["en-us"])
     name: str
-    sample_rate: int
+    sample_rate: int = Field(examples=[22050])
     quality: str | None = None
     speakers: int | None = None
 
@@ -40,36 +53,59 @@ class EngineOut(BaseModel):
 
 
 class Accepted(BaseModel):
-    id: str
+    id: str = Field(description="the utterance id (`*` for an interrupt without id)")
     room: str
     status: Literal["queued", "dropped", "interrupted"] = "queued"
-    reason: str | None = None
+    reason: str | None = Field(None, description="why a danmu rule dropped it")
+
+
+class PeerOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: str
+    identity: str
+    transport: str
+
+
+class PlayingOut(BaseModel):
+    id: str
+    text: str = Field(description="its first 200 characters")
+    played_ms: int
+
+
+class QueuedOut(BaseModel):
+    id: str
+    priority: Literal["normal", "high", "critical"]
+    text: str = Field(description="its first 200 characters")
 
 
 class RoomSummary(BaseModel):
     room: str
-    created: float
-    peers: list[dict]
+    created: float = Field(description="Unix time the room opened")
+    peers: list[PeerOut]
     frames_sent: int
-    voice: str
-    playing: dict | None
-    queue: list[dict]
+    voice: str = Field(description="the room's default voice")
+    playing: PlayingOut | None
+    queue: list[QueuedOut]
 
 
-class SpeakBody(BaseModel):
-    """The body of a `synthesize` message (PROTOCOL.md); `type` may be omitted."""
+class SpeakBody(Synthesize):
+    """The body of a `synthesize` message (PROTOCOL.md), validated exactly as the data channel
+    validates it; `type` may be omitted."""
 
-    model_config = ConfigDict(extra="allow", json_schema_extra={
-        "examples": [{"text": "Hello from HTTP.", "priority": "high"}]})
-    text: str
-    type: Literal["synthesize"] | None = None
-    id: str | None = None
-    voice: str | None = None
-    priority: Literal["normal", "high", "critical"] | None = None
-    speed: float | None = None
+    model_config = ConfigDict(json_schema_extra={"examples": [{"text": "Hello from HTTP.", "priority": "high"}]})
 
 
-class InterruptBody(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    type: Literal["interrupt"] | None = None
-    id: str | None = None
+class InterruptBody(Interrupt):
+    """The body of an `interrupt` message: with `id` that utterance, without it everything."""
+
+
+class SynthesizeRequest(BaseModel):
+    """Text to render to an audio file."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={
+        "examples": [{"text": "Welcome to the stream.", "voice": "en", "format": "ogg"}]})
+    text: str = Field(min_length=1, description="at most the agent's `max_text_chars` characters")
+    voice: VoiceRef | None = Field(None, description="a voice id or a language tag; default: the agent's voice")
+    speed: Speed | None = None
+    format: Literal["wav", "ogg", "mp3"] = Field(
+        "wav", description="`wav`: PCM s16le at the voice's rate; `ogg`: Opus, 48 kHz; `mp3`: MPEG layer III")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -10,6 +12,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from agent.protocol import ErrorCode, ProtocolError
 
 PROBLEM_JSON = "application/problem+json"
+log = logging.getLogger(__name__)
+
+# protocol errors that concern one field of the body: named in `errors` like a validation error
+_FIELD_OF = {ErrorCode.text_too_long: "text", ErrorCode.unknown_voice: "voice", ErrorCode.duplicate_id: "id",
+             ErrorCode.unknown_utterance: "id"}
 
 # protocol error code -> HTTP status, for commands that arrive over HTTP
 PROTOCOL_STATUS = {
@@ -57,7 +64,13 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ProtocolError)
     async def _protocol(_: Request, exc: ProtocolError):
         status = PROTOCOL_STATUS.get(exc.code, 400)
-        return problem_response(status, exc.message, code=exc.code.value)
+        extra = {}
+        field = _FIELD_OF.get(exc.code)
+        if field is not None:
+            extra["errors"] = [{"loc": ["body", field], "msg": exc.message}]
+        if exc.id is not None:
+            extra["id"] = exc.id
+        return problem_response(status, exc.message, code=exc.code.value, **extra)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError):
@@ -68,9 +81,16 @@ def install(app: FastAPI) -> None:
                                 errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException):
-        return problem_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+    async def _http(request: Request, exc: StarletteHTTPException):
+        detail = str(exc.detail)
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = f"no resource at {request.url.path}"
+        elif exc.status_code == 405 and detail == "Method Not Allowed":
+            detail = f"{request.method} is not allowed on {request.url.path}"
+        return problem_response(exc.status_code, detail, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception):
+    async def _unexpected(request: Request, exc: Exception):
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc,
+                  extra={"path": request.url.path})
         return problem_response(500, "internal error")

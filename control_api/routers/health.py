@@ -1,16 +1,99 @@
+"""Liveness, readiness and Prometheus metrics."""
+
 from __future__ import annotations
 
 import asyncio
+import time
+from dataclasses import dataclass
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 
 from agent.runtime import Agent
 
 from ..deps import get_agent
+from ..models import Problem as ProblemOut
 from ..problems import problem_response
 
 router = APIRouter(tags=["health"])
+
+PROBE_TEXT = "ok"
+PROBE_TIMEOUT_S = 3.0  # the default engine must give its first audio for PROBE_TEXT within this
+PROBE_CACHE_S = 5.0  # a probe result is reused this long: /readyz polled every second costs ~nothing
+TICK_TIMEOUT_S = 0.5  # rooms waiting for frames: the frame clock must tick within this
+
+
+class Ready(BaseModel):
+    status: str
+    voice: str
+    engine: str
+    rooms: int
+    loop_lag_ms: float
+
+
+@dataclass
+class EngineProbe:
+    """The last answer of the default engine to a tiny synthesis, shared by concurrent requests."""
+
+    checked: float = float("-inf")
+    error: str | None = None
+    task: asyncio.Task | None = None
+
+
+async def _probe_engine(agent: Agent) -> str | None:
+    """None if the default voice's engine synthesizes PROBE_TEXT in time, else why not."""
+    voice = agent.voices.default_voice
+    if voice is None:
+        return "no voice is installed"
+    engine = agent.voices.engine_for(voice)
+    if not engine.available:
+        return f"engine {engine.name} unavailable: {engine.unavailable_reason}"
+    stream = engine.stream(PROBE_TEXT, voice, 1.0)
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT_S):
+            async for chunk in stream:
+                if len(chunk.pcm):
+                    return None
+        return f"engine {engine.name} gave no audio for {PROBE_TEXT!r}"
+    except TimeoutError:
+        return f"engine {engine.name} gave no audio within {PROBE_TIMEOUT_S:.0f} s"
+    except Exception as exc:
+        return f"engine {engine.name} failed: {exc}"
+    finally:
+        await stream.aclose()
+
+
+async def engine_error(request: Request, agent: Agent) -> str | None:
+    probe: EngineProbe = getattr(request.app.state, "engine_probe", None) or EngineProbe()
+    request.app.state.engine_probe = probe
+    if time.monotonic() - probe.checked < PROBE_CACHE_S:
+        return probe.error
+    if probe.task is None or probe.task.done():
+        probe.task = asyncio.create_task(_probe_engine(agent), name="readyz-engine-probe")
+    task = probe.task
+    # shielded: a client that hangs up does not cancel the probe others are waiting on
+    error = await asyncio.shield(task)
+    if probe.task is task:
+        probe.error, probe.checked = error, time.monotonic()
+    return error
+
+
+async def clock_error(agent: Agent) -> str | None:
+    """Rooms that wait for frames need the frame clock to tick; idle rooms need nothing."""
+    clock = agent.rooms.clock
+    if not clock.subscribers:
+        return None
+    if not clock.running:
+        return f"the frame clock is stopped with {clock.subscribers} rooms waiting for frames"
+    ticks = clock.ticks
+    deadline = time.monotonic() + TICK_TIMEOUT_S
+    while clock.ticks == ticks:
+        if time.monotonic() > deadline or not clock.running:
+            return f"the frame clock did not tick in {TICK_TIMEOUT_S} s"
+        await asyncio.sleep(clock.frame_s / 2)
+    return None
 
 
 @router.get("/healthz")
@@ -19,24 +102,29 @@ def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "not ready"}})
-async def readyz(agent: Agent = Depends(get_agent)):
-    """Ready when the default voice's engine answers and the event loop is not stalled."""
-    voice = agent.voices.default_voice
-    if voice is None:
-        return problem_response(503, "no voice is installed")
-    engine = agent.voices.engine_for(voice)
-    if not engine.available:
-        return problem_response(503, f"engine {engine.name} unavailable: {engine.unavailable_reason}")
+@router.get("/readyz", response_model=Ready,
+            responses={503: {"model": ProblemOut, "description": "not ready, and why"}})
+async def readyz(request: Request, agent: Agent = Depends(get_agent)):
+    """Ready when the default voice's engine synthesizes a tiny text in time (checked at most
+    every few seconds) and the rooms' frame clock ticks."""
+    if agent.rooms.draining:
+        return problem_response(503, "shutting down", code="not_ready")
     loop = asyncio.get_running_loop()
     start = loop.time()
     await asyncio.sleep(0)
     lag_ms = (loop.time() - start) * 1000
-    if agent.rooms.draining:
-        return problem_response(503, "shutting down")
-    return {"status": "ready", "voice": voice.id, "rooms": len(agent.rooms.rooms), "loop_lag_ms": round(lag_ms, 3)}
+    error = await engine_error(request, agent) or await clock_error(agent)
+    if error is not None:
+        return problem_response(503, error, code="not_ready", headers={"Retry-After": "5"})
+    voice = agent.voices.default_voice
+    assert voice is not None  # the engine probe answered
+    return Ready(status="ready", voice=voice.id, engine=voice.engine, rooms=len(agent.rooms.rooms),
+                 loop_lag_ms=round(lag_ms, 3))
 
 
-@router.get("/metrics", include_in_schema=True)
-def metrics() -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+@router.get("/metrics", response_class=PlainTextResponse,
+            responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}},
+                             "description": "Prometheus text exposition"}})
+def metrics() -> PlainTextResponse:
+    """Prometheus metrics (names in agent/metrics.py)."""
+    return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)

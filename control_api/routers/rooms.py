@@ -1,15 +1,22 @@
+"""Rooms over HTTP: list and inspect them, and `speak` / `interrupt` as the data channel would."""
+
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+import logging
+
+from fastapi import APIRouter, Body, Depends
 
 from agent.auth import Principal
 from agent.runtime import Agent
 
-from ..deps import get_agent, rate_limited, require_admin
-from ..models import Accepted, InterruptBody, RoomSummary, SpeakBody
+from ..deps import ADMIN_REFUSALS, get_agent, rate_limited, require_admin
+from ..models import Accepted, InterruptBody, Problem as ProblemOut, RoomSummary, SpeakBody
 from ..problems import Problem
 
-router = APIRouter(tags=["rooms"], dependencies=[Depends(require_admin)])
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["rooms"], dependencies=[Depends(require_admin)], responses=ADMIN_REFUSALS)
+
+_NO_ROOM = {404: {"model": ProblemOut, "description": "no such room (a room exists while a peer is in it)"}}
 
 
 def _room(agent: Agent, room: str):
@@ -21,34 +28,44 @@ def _room(agent: Agent, room: str):
 
 @router.get("/v1/rooms", response_model=list[RoomSummary])
 def list_rooms(agent: Agent = Depends(get_agent)) -> list[dict]:
+    """Every open room: its peers, its queue and what it is saying now."""
     return [r.snapshot() for r in agent.rooms.rooms.values()]
 
 
-@router.get("/v1/rooms/{room}", response_model=RoomSummary)
+@router.get("/v1/rooms/{room}", response_model=RoomSummary, responses=_NO_ROOM)
 def room_detail(room: str, agent: Agent = Depends(get_agent)) -> dict:
     return _room(agent, room).snapshot()
 
 
-@router.post("/v1/rooms/{room}/speak", status_code=202, response_model=Accepted, response_model_exclude_none=True,
-             dependencies=[Depends(rate_limited)])
+@router.post(
+    "/v1/rooms/{room}/speak", status_code=202, response_model=Accepted, response_model_exclude_none=True,
+    dependencies=[Depends(rate_limited)],
+    responses=_NO_ROOM | {
+        409: {"model": ProblemOut, "description": "`duplicate_id`: the id was already used in this room"},
+        422: {"model": ProblemOut, "description": "`bad_message`, `text_too_long` or `unknown_voice`"},
+        429: {"model": ProblemOut, "description": "rate limited (see Retry-After)"},
+    },
+)
 def speak(room: str, body: SpeakBody, agent: Agent = Depends(get_agent),
           principal: Principal = Depends(require_admin)) -> Accepted:
     """The `synthesize` message over HTTP: same validation, same events in the room."""
     target = _room(agent, room)
-    uid, dropped = agent.speak(target, body.model_dump(exclude_none=True, exclude={"type"}) | _extra(body),
+    uid, dropped = agent.speak(target, body.model_dump(exclude_none=True, exclude={"type"}, by_alias=True),
                                f"http:{principal.identity}")
+    log.info("speak over HTTP", extra={"room": room, "utterance": uid, "identity": principal.identity,
+                                       "dropped": dropped})
     return Accepted(id=uid, room=room, status="dropped" if dropped else "queued", reason=dropped)
 
 
-@router.post("/v1/rooms/{room}/interrupt", status_code=202, response_model=Accepted,
-             response_model_exclude_none=True)
-def interrupt(room: str, body: InterruptBody | None = None, agent: Agent = Depends(get_agent)) -> Accepted:
+@router.post(
+    "/v1/rooms/{room}/interrupt", status_code=202, response_model=Accepted, response_model_exclude_none=True,
+    responses=_NO_ROOM | {422: {"model": ProblemOut, "description": "`bad_message`"}},
+)
+def interrupt(room: str, body: InterruptBody | None = Body(None), agent: Agent = Depends(get_agent)) -> Accepted:
+    """The `interrupt` message over HTTP: with `id` that utterance (404 `unknown_utterance` if it is
+    neither queued nor playing), without it what is playing and the whole queue."""
     target = _room(agent, room)
-    data = {} if body is None else body.model_dump(exclude_none=True, exclude={"type"}) | _extra(body)
+    data = {} if body is None else body.model_dump(exclude_none=True, exclude={"type"})
     agent.interrupt(target, data)
+    log.info("interrupt over HTTP", extra={"room": room, "utterance": data.get("id")})
     return Accepted(id=data.get("id") or "*", room=room, status="interrupted")
-
-
-def _extra(body) -> dict:
-    # unknown fields go on to the protocol parser, which rejects them like the data channel does
-    return dict(body.model_extra or {})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, Depends, Request, Response
 
 from agent.auth import Principal
@@ -9,10 +11,12 @@ from agent.rooms import RoomLimit
 from agent.runtime import Agent
 from agent.transports.webrtc import OfferError
 
-from ..deps import get_agent, rate_limited, room_principal
+from ..deps import RATE_LIMITED, ROOM_REFUSALS, get_agent, rate_limited, room_principal
+from ..models import Problem as ProblemOut
 from ..problems import Problem
 
-router = APIRouter(tags=["whep"])
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["whep"], responses=ROOM_REFUSALS)
 SDP = "application/sdp"
 
 
@@ -25,13 +29,18 @@ def whep_options() -> Response:
     "/v1/rooms/{room}/whep",
     status_code=201,
     dependencies=[Depends(rate_limited)],
-    responses={201: {"content": {SDP: {}}, "description": "SDP answer; Location names the session"}},
+    responses={
+        201: {"content": {SDP: {"schema": {"type": "string"}}}, "description": "SDP answer; Location names the session"},
+        400: {"model": ProblemOut, "description": "`bad_offer`: not an SDP offer this agent can answer"},
+        415: {"model": ProblemOut, "description": "the body is not application/sdp"},
+        503: {"model": ProblemOut, "description": "`capacity`: too many peers in the room or rooms in the agent"},
+    } | RATE_LIMITED,
     openapi_extra={"requestBody": {"required": True, "content": {SDP: {"schema": {"type": "string"}}}}},
 )
 async def whep_offer(room: str, request: Request, agent: Agent = Depends(get_agent),
                      principal: Principal = Depends(room_principal)) -> Response:
     if not principal.can_subscribe and not principal.room_admin:
-        raise Problem(403, "the token does not grant canSubscribe")
+        raise Problem(403, "the token does not grant canSubscribe", code="unauthorized")
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype and ctype != SDP:
         raise Problem(415, f"the offer must be {SDP}, not {ctype}")
@@ -45,19 +54,27 @@ async def whep_offer(room: str, request: Request, agent: Agent = Depends(get_age
     except OfferError as exc:
         raise Problem(400, str(exc), code="bad_offer") from None
     except RoomLimit as exc:
+        log.warning("WHEP refused: %s", exc, extra={"room": room, "identity": principal.identity})
         raise Problem(503, str(exc), code="capacity", headers={"Retry-After": "5"}) from None
+    log.info("peer joined", extra={"room": room, "peer": session.peer_id, "identity": principal.identity,
+                                   "can_publish": session.can_publish})
     location = f"/v1/rooms/{room}/whep/{session.id}"
     return Response(session.pc.localDescription.sdp, status_code=201, media_type=SDP,
                     headers={"Location": location, "ETag": f'"{session.id}"'})
 
 
-@router.delete("/v1/rooms/{room}/whep/{session_id}", status_code=200)
+@router.delete("/v1/rooms/{room}/whep/{session_id}", status_code=200,
+               responses={404: {"model": ProblemOut, "description": "no such session in this room"}})
 async def whep_delete(room: str, session_id: str, agent: Agent = Depends(get_agent),
                       principal: Principal = Depends(room_principal)) -> Response:
+    """End a WHEP session (its `Location`), with the token that opened it or an admin token."""
     session = agent.webrtc.sessions.get(session_id)
     if session is None or session.room.name != room:
         raise Problem(404, "no such WHEP session")
+    if session.identity != principal.identity and not principal.room_admin:
+        raise Problem(403, "this session belongs to another identity", code="unauthorized")
     await agent.webrtc.end(session_id)
+    log.info("peer left", extra={"room": room, "peer": session.peer_id, "identity": session.identity})
     return Response(status_code=200)
 
 
