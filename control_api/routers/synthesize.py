@@ -44,13 +44,15 @@ class FileFormat:
     extension: str
     rate: int | None  # fixed output rate, or None: the voice's own rate
     bit_rate: int | None = None
-    options: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)  # encoder options
+    muxer_options: dict = field(default_factory=dict)
 
 
 FORMATS = {
     "wav": FileFormat("wav", "pcm_s16le", "audio/wav", "wav", None),
     # Opus runs at 48 kHz (it knows no 22.05 kHz); same encoder settings as the rooms' track
-    "ogg": FileFormat("ogg", "libopus", "audio/ogg", "ogg", SAMPLE_RATE, 32_000, {"application": "voip"}),
+    "ogg": FileFormat("ogg", "libopus", "audio/ogg", "ogg", SAMPLE_RATE, 32_000, {"application": "voip"},
+                      {"page_duration": "100000"}),  # an Ogg page per 100 ms, not per second: early bytes
     "mp3": FileFormat("mp3", "libmp3lame", "audio/mpeg", "mp3", None, 64_000),
 }
 
@@ -79,7 +81,7 @@ class AudioFileEncoder:
         self._sink = _Sink()
         # flush_packets: hand every packet to the sink at once; bitexact: no encoder-version tag
         self._container = av.open(self._sink, "w", format=fmt.container,
-                                  options={"flush_packets": "1", "fflags": "+bitexact"})
+                                  options={"flush_packets": "1", "fflags": "+bitexact", **fmt.muxer_options})
         self._stream = self._container.add_stream(fmt.codec, rate=rate, layout="mono")
         if bit_rate or fmt.bit_rate:
             self._stream.codec_context.bit_rate = bit_rate or fmt.bit_rate
