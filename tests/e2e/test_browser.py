@@ -1,0 +1,164 @@
+"""Headless Chromium drives the web demo against a real agent: WHEP, Opus, the `tts` data channel,
+Web Audio on the received track. Nothing is mocked: the page talks to uvicorn on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import httpx
+import pytest
+from playwright.async_api import Page, async_playwright
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--no-first-run",
+    "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",  # a beeping fake microphone
+    "--autoplay-policy=no-user-gesture-required",
+    "--allow-loopback-in-peer-connection",  # the agent offers only 127.0.0.1 candidates
+]
+WAIT_MS = 15_000
+SENTENCE = "The quick brown fox jumps over the lazy dog."
+
+
+@pytest.fixture
+async def page():
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            context = await browser.new_context(viewport={"width": 1280, "height": 800})  # a fresh profile
+            yield await context.new_page()
+        finally:
+            await browser.close()
+
+
+async def join_demo(page: Page, base_url: str, room: str) -> None:
+    await page.goto(f"{base_url}/demo?room={room}")
+    await page.click("#join")
+    await page.wait_for_function("window.demo.state === 'joined'", timeout=WAIT_MS)
+
+
+async def speak_from_page(page: Page, text: str) -> str:
+    """Type and press Speak; returns the id the page gave the utterance."""
+    before = set(await page.evaluate("Object.keys(window.demo.utterances)"))
+    await page.fill("#text", text)
+    await page.click("#speak")
+    after = set(await page.evaluate("Object.keys(window.demo.utterances)"))
+    (uid,) = after - before
+    return uid
+
+
+async def wait_fate(page: Page, uid: str, fate: str) -> None:
+    await page.wait_for_selector(f'#utterances tr[data-id="{uid}"][data-fate="{fate}"]', timeout=WAIT_MS)
+
+
+async def test_demo_speaks_and_interrupts(running_agent, page):
+    await join_demo(page, running_agent.base_url, "web-demo")
+    # the voice list comes from GET /v1/voices, with language tags as well as voice ids
+    options = await page.eval_on_selector_all("#voice option", "os => os.map(o => o.value)")
+    assert "espeak:en-us" in options and "en" in options
+    await page.select_option("#voice", "espeak:en-us")
+
+    uid = await speak_from_page(page, SENTENCE)
+    await wait_fate(page, uid, "finished")
+    types = await page.evaluate(f"window.demo.events.filter(e => e.id === {uid!r}).map(e => e.type)")
+    assert types[0] == "queued" and types[-1] == "finished" and "started" in types
+    u = await page.evaluate(f"window.demo.utterances[{uid!r}]")
+    assert u["fate"] == "finished" and u["text"] == SENTENCE
+    assert isinstance(u["ttfa_ms"], (int, float))
+    row = page.locator(f'#utterances tr[data-id="{uid}"]')
+    assert await row.locator("td.fate").inner_text() == "spoken"
+    assert (await row.locator("td.ttfa").inner_text()).endswith(" ms")
+    # the analyser on the received track heard the utterance while it played
+    assert u["peak"] > 0.0, "no audio level measured while the utterance played"
+
+    long_uid = await speak_from_page(page, " ".join([SENTENCE] * 12))
+    await wait_fate(page, long_uid, "started")
+    await page.click("#interrupt")
+    await wait_fate(page, long_uid, "interrupted")
+    assert await page.evaluate(f"window.demo.utterances[{long_uid!r}].reason") == "interrupt"
+    if shot := os.environ.get("DEMO_SCREENSHOT"):
+        await page.screenshot(path=shot)
+
+    await page.click("#leave")
+    await page.wait_for_function("window.demo.state === 'idle'", timeout=WAIT_MS)
+    assert running_agent.agent.webrtc.sessions == {}, "Leave sends DELETE to the session's Location"
+
+
+async def test_talk_to_interrupt_sends_the_microphone(running_agent, page):
+    await page.goto(f"{running_agent.base_url}/demo?room=web-talk")
+    await page.click("label.switch")  # before joining: the first offer already carries the microphone
+    assert await page.is_checked("#talk")
+    await page.click("#join")
+    await page.wait_for_function("window.demo.state === 'joined' && window.demo.bargeIn", timeout=WAIT_MS)
+    (session,) = running_agent.agent.webrtc.sessions.values()
+    (transceiver,) = session.pc.getTransceivers()
+    assert transceiver.currentDirection == "sendrecv"
+
+    async def browser_rtp_packets() -> int:
+        stats = await transceiver.receiver.getStats()
+        return sum(getattr(s, "packetsReceived", 0) for s in stats.values() if s.type == "inbound-rtp")
+
+    speaker = session.room.speaker
+    await wait_until(lambda: speaker.barge_in is not None and speaker.barge_in.mode == "interrupt")
+    await wait_until_async(lambda: browser_rtp_packets(), "the agent received no RTP from the browser's microphone")
+
+    await page.click("label.switch")
+    await wait_until(lambda: speaker.barge_in.mode == "off")
+    assert await page.evaluate("window.demo.state") == "joined"  # switched off without a new session
+
+
+async def test_listen_page_plays_captions_and_reconnects(running_agent, page):
+    room = "web-listen"
+    await page.goto(f"{running_agent.base_url}/demo/listen?room={room}")
+    await page.wait_for_function("window.listen.state === 'connected'", timeout=WAIT_MS)
+
+    async with httpx.AsyncClient(base_url=running_agent.base_url, timeout=10) as http:
+        async def speak(text: str) -> str:
+            resp = await http.post(f"/v1/rooms/{room}/speak", json={"text": text, "voice": "espeak:en-us"},
+                                   headers={"Authorization": f"Bearer {running_agent.admin_token()}"})
+            assert resp.status_code == 202, resp.text
+            return resp.json()["id"]
+
+        uid = await speak(SENTENCE)
+        await page.wait_for_function(
+            f"document.getElementById('caption').dataset.id === {uid!r} && !document.getElementById('caption').hidden",
+            timeout=WAIT_MS)
+        assert await page.inner_text("#caption") == SENTENCE
+        await page.wait_for_function(f"window.listen.events.some(e => e.type === 'finished' && e.id === {uid!r})",
+                                     timeout=WAIT_MS)
+        assert await page.evaluate("window.listen.level.max") > 0.0, "the listen page heard nothing"
+
+        # the agent drops the session: the page opens a new one by itself and goes on captioning
+        (session_id,) = running_agent.agent.webrtc.sessions
+        await running_agent.agent.webrtc.end(session_id)
+        await page.wait_for_function("window.listen.connects === 2 && window.listen.state === 'connected'",
+                                     timeout=WAIT_MS)
+        again = "Back on the air."
+        uid2 = await speak(again)
+        await page.wait_for_function(f"document.getElementById('caption').dataset.id === {uid2!r}",
+                                     timeout=WAIT_MS)
+        assert await page.inner_text("#caption") == again
+
+
+async def wait_until(predicate, message: str = "condition not met", timeout: float = 10) -> None:
+    async def poll():
+        while not predicate():
+            await asyncio.sleep(0.05)
+    try:
+        await asyncio.wait_for(poll(), timeout)
+    except TimeoutError:
+        raise AssertionError(message) from None
+
+
+async def wait_until_async(probe, message: str, timeout: float = 10) -> None:
+    async def poll():
+        while not await probe():
+            await asyncio.sleep(0.05)
+    try:
+        await asyncio.wait_for(poll(), timeout)
+    except TimeoutError:
+        raise AssertionError(message) from None
