@@ -1,0 +1,347 @@
+"""Listening (barge-in): a participant's audio → 16 kHz → Silero VAD → speech onset/offset
+→ the room's Speaker interrupts or ducks, and every peer gets `user_speech`.
+
+Transport-independent core: `Listening.listen(room, participant)` gives a `Listener`; a
+transport feeds it Opus payloads (`feed_opus`, embedded WebRTC) or PCM (`feed_pcm`, e.g.
+LiveKit `rtc.AudioStream` frames at 48 or 16 kHz). While the room's barge-in mode is `off`
+a listener drops what it is fed before any decoding and holds no decoder, resampler or VAD
+state; a LiveKit transport can also skip subscribing while `listener.active` is false.
+
+`attach_listening(transport)` wires it into the embedded WebRTC transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Literal
+
+import av
+import numpy as np
+
+from .protocol import event
+from .vad import CHUNK_MS, CHUNK_SAMPLES, SAMPLE_RATE, VadStream, VadUnavailable, load_model
+
+if TYPE_CHECKING:
+    from .rooms import Room
+    from .transports.webrtc import WebRTCTransport, WhepSession
+
+log = logging.getLogger(__name__)
+
+DUCK_GAIN = 10 ** (-12 / 20)  # the agent's voice drops 12 dB while a person talks
+HANGOVER_MS = 480  # this much non-speech ends a turn: short pauses between words do not
+NEG_THRESHOLD_GAP = 0.15  # Silero's hysteresis: below threshold - 0.15 counts as silence
+
+Transition = Literal["started", "stopped"] | None
+
+
+class SpeechGate:
+    """Onset/offset from per-chunk speech probabilities.
+
+    Onset: speech chunks (p >= threshold) adding up to `min_speech_ms`, a silent chunk
+    (p < threshold - 0.15) starting the count again, chunks in between neither.
+    Offset: `hangover_ms` of silent chunks in a row."""
+
+    def __init__(self, chunk_ms: int = CHUNK_MS, hangover_ms: int = HANGOVER_MS):
+        assert chunk_ms > 0 and hangover_ms >= chunk_ms
+        self.chunk_ms = chunk_ms
+        self.hangover_ms = hangover_ms
+        self.talking = False
+        self._speech_ms = 0
+        self._silence_ms = 0
+
+    def update(self, p: float, threshold: float, min_speech_ms: int) -> Transition:
+        speech = p >= threshold
+        silent = p < threshold - NEG_THRESHOLD_GAP
+        if not self.talking:
+            if speech:
+                self._speech_ms += self.chunk_ms
+            elif silent:
+                self._speech_ms = 0
+            if speech and self._speech_ms >= min_speech_ms:
+                self.talking, self._speech_ms, self._silence_ms = True, 0, 0
+                return "started"
+            return None
+        if speech:
+            self._silence_ms = 0
+        elif silent:
+            self._silence_ms += self.chunk_ms
+            if self._silence_ms >= self.hangover_ms:
+                self.talking, self._speech_ms, self._silence_ms = False, 0, 0
+                return "stopped"
+        return None
+
+    def reset(self) -> None:
+        self.talking, self._speech_ms, self._silence_ms = False, 0, 0
+
+
+@dataclass
+class ListenerStats:
+    packets_in: int = 0  # Opus payloads or PCM blocks fed
+    packets_dropped: int = 0  # fed while barge-in was off: not decoded
+    decoders_created: int = 0  # Opus decoders
+    resamplers_created: int = 0
+    decode_errors: int = 0
+    samples_16k: int = 0  # audio that reached the VAD's input buffer
+    vad_calls: int = 0
+    onsets: int = 0
+    cpu_s: float = 0.0  # thread CPU spent decoding, resampling and running the VAD
+
+    def add(self, other: "ListenerStats") -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+class RoomListening:
+    """Barge-in for one room: who is talking now, and what the Speaker does about it."""
+
+    def __init__(self, room: "Room"):
+        self.room = room
+        self.talking: set[str] = set()
+        self.ducked = False
+
+    def speech_started(self, participant: str) -> None:
+        self.talking.add(participant)
+        self.room.emit(event("user_speech", participant=participant, state="started"))
+        cfg = self.room.speaker.barge_in
+        if cfg.mode == "interrupt":
+            self.room.speaker.interrupt(None, reason="barge_in", clear_queue=cfg.clear_queue)
+        elif cfg.mode == "duck":
+            self.room.speaker.set_gain(DUCK_GAIN)
+            self.ducked = True
+
+    def speech_stopped(self, participant: str) -> None:
+        self.talking.discard(participant)
+        self.room.emit(event("user_speech", participant=participant, state="stopped"))
+        if self.ducked and not self.talking:  # back up only when nobody is talking any more
+            self.room.speaker.set_gain(1.0)
+            self.ducked = False
+
+
+class Listener:
+    """One listened participant: Opus or PCM in, decoded once to 16 kHz mono, VAD, gate."""
+
+    def __init__(self, room_listening: RoomListening, participant: str):
+        self.room_listening = room_listening
+        self.room = room_listening.room
+        self.participant = participant
+        self.stats = ListenerStats()
+        self.gate = SpeechGate()
+        self.closed = False
+        self._decoder: av.CodecContext | None = None
+        self._resampler: av.AudioResampler | None = None
+        self._resampler_rate = 0
+        self._resampler_pts = 0
+        self._vad: VadStream | None = None
+        self._chunk = np.zeros(CHUNK_SAMPLES, np.int16)  # VAD input being filled, reused
+        self._fill = 0
+        self._broken = False  # the VAD could not load: listen no more, say so once
+
+    @property
+    def active(self) -> bool:
+        """Barge-in is on for this participant's room: audio is worth decoding."""
+        return not self.closed and not self._broken and not self.room.closed \
+            and self.room.speaker.barge_in.mode != "off"
+
+    # -- input ---------------------------------------------------------------------------
+
+    def feed_opus(self, payload: bytes) -> None:
+        """One Opus packet (an RTP payload) of this participant."""
+        self.stats.packets_in += 1
+        if not self.active:
+            self._drop()
+            return
+        t0 = time.thread_time()
+        if self._decoder is None:
+            self._decoder = av.CodecContext.create("libopus", "r")
+            self._decoder.sample_rate = 48_000  # FFmpeg's libopus decoder always gives 48 kHz
+            self._decoder.layout = "mono"
+            self.stats.decoders_created += 1
+        try:
+            frames = self._decoder.decode(av.Packet(payload))
+        except av.FFmpegError:
+            self.stats.decode_errors += 1  # a bad packet costs that packet only
+            frames = []
+        for frame in frames:
+            self._resample(frame)
+        self.stats.cpu_s += time.thread_time() - t0
+
+    def feed_pcm(self, pcm: np.ndarray | bytes | memoryview, sample_rate: int) -> None:
+        """Mono int16 PCM at any rate (a LiveKit `AudioFrame`'s `data` and `sample_rate`)."""
+        self.stats.packets_in += 1
+        if not self.active:
+            self._drop()
+            return
+        t0 = time.thread_time()
+        samples = pcm if isinstance(pcm, np.ndarray) else np.frombuffer(pcm, np.int16)
+        if samples.dtype != np.int16 or samples.ndim != 1:
+            raise ValueError("feed_pcm takes mono int16 samples")
+        if sample_rate == SAMPLE_RATE:
+            self._push(samples)
+        else:
+            frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+            frame.sample_rate = sample_rate
+            self._resample(frame)
+        self.stats.cpu_s += time.thread_time() - t0
+
+    # -- pipeline ------------------------------------------------------------------------
+
+    def _resample(self, frame: av.AudioFrame) -> None:
+        if self._resampler is None or frame.sample_rate != self._resampler_rate:
+            self._resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+            self._resampler_rate = frame.sample_rate
+            self._resampler_pts = 0
+            self.stats.resamplers_created += 1
+        frame.pts = self._resampler_pts  # swresample wants a continuous timeline
+        self._resampler_pts += frame.samples
+        for out in self._resampler.resample(frame):
+            self._push(out.to_ndarray().reshape(-1))
+
+    def _push(self, samples: np.ndarray) -> None:
+        self.stats.samples_16k += len(samples)
+        i = 0
+        while i < len(samples):
+            take = min(CHUNK_SAMPLES - self._fill, len(samples) - i)
+            self._chunk[self._fill:self._fill + take] = samples[i:i + take]
+            self._fill += take
+            i += take
+            if self._fill == CHUNK_SAMPLES:
+                self._fill = 0
+                self._detect()
+                if not self.active:
+                    return
+
+    def _detect(self) -> None:
+        if self._vad is None:
+            try:
+                self._vad = VadStream()
+            except VadUnavailable as exc:
+                log.error("barge-in cannot listen: %s", exc)
+                self._broken = True
+                return
+        p = self._vad.probability(self._chunk)
+        self.stats.vad_calls += 1
+        cfg = self.room.speaker.barge_in
+        change = self.gate.update(p, cfg.threshold, cfg.min_speech_ms)
+        if change == "started":
+            self.stats.onsets += 1
+            self.room_listening.speech_started(self.participant)
+        elif change == "stopped":
+            self.room_listening.speech_stopped(self.participant)
+
+    def _drop(self) -> None:
+        self.stats.packets_dropped += 1
+        if self._decoder is not None or self._resampler is not None or self._vad is not None or self.gate.talking:
+            self._release()
+
+    def _release(self) -> None:
+        """Barge-in went off (or the participant left): free decoding state, end a turn."""
+        self._decoder = None
+        self._resampler = None
+        self._vad = None
+        self._fill = 0
+        if self.gate.talking:
+            self.gate.reset()
+            self.room_listening.speech_stopped(self.participant)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._release()
+
+
+class Listening:
+    """Every listener of the process, grouped by room; totals for tests and benchmarks."""
+
+    def __init__(self) -> None:
+        self.listeners: dict[str, Listener] = {}
+        self._rooms: weakref.WeakKeyDictionary["Room", RoomListening] = weakref.WeakKeyDictionary()
+        self._retired = ListenerStats()
+        self._preloading = False
+
+    def listen(self, room: "Room", participant: str) -> Listener:
+        old = self.listeners.get(participant)
+        if old is not None:
+            self.remove(old)
+        room_listening = self._rooms.get(room)
+        if room_listening is None:
+            room_listening = self._rooms[room] = RoomListening(room)
+        listener = self.listeners[participant] = Listener(room_listening, participant)
+        self._preload()
+        return listener
+
+    def remove(self, listener: Listener) -> None:
+        listener.close()
+        if self.listeners.get(listener.participant) is listener:
+            del self.listeners[listener.participant]
+            self._retired.add(listener.stats)
+
+    def totals(self) -> ListenerStats:
+        total = ListenerStats()
+        total.add(self._retired)
+        for listener in self.listeners.values():
+            total.add(listener.stats)
+        return total
+
+    def _preload(self) -> None:
+        # The model takes ~150 ms to load: do it off the event loop, once, as soon as
+        # anyone might be listened to, so the first onset does not stall every room's audio.
+        if self._preloading:
+            return
+        self._preloading = True
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        future = loop.run_in_executor(None, load_model)
+        future.add_done_callback(lambda f: f.cancelled() or f.exception() is None
+                                 or log.error("barge-in VAD unavailable: %s", f.exception()))
+
+
+class RtpTap:
+    """Stands in for an aiortc `RTCRtpReceiver._handle_rtp_packet`: Opus payloads go to the
+    listener, which drops them undecoded while barge-in is off. Nothing reaches aiortc's
+    jitter buffer and decoder thread, which would otherwise decode every packet (and queue
+    the frames for a `recv()` nobody calls). What is lost: aiortc's RTCP receiver reports
+    and NACKs for this one incoming stream, which an Opus microphone does without."""
+
+    def __init__(self, listener: Listener):
+        self.listener = listener
+        self._last_seq: int | None = None
+
+    async def __call__(self, packet, arrival_time_ms: int) -> None:
+        seq = packet.sequence_number
+        if self._last_seq is not None:
+            ahead = (seq - self._last_seq) & 0xFFFF
+            if ahead == 0 or ahead >= 0x8000:
+                return  # duplicate or late: the decoder has moved on
+        self._last_seq = seq
+        if packet.payload:
+            self.listener.feed_opus(packet.payload)
+
+
+def attach_listening(transport: "WebRTCTransport", listening: Listening | None = None) -> Listening:
+    """Listen to the microphone a WHEP peer sends (`sendrecv` audio) in the embedded transport."""
+    listening = listening if listening is not None else Listening()
+
+    def on_listen(session: "WhepSession", track) -> None:
+        receiver = next((t.receiver for t in session.pc.getTransceivers() if t.receiver.track is track), None)
+        if receiver is None:
+            return
+        listener = listening.listen(session.room, session.peer_id)
+        receiver._handle_rtp_packet = RtpTap(listener)
+        session.listen_task = asyncio.ensure_future(_listen_until_cancelled(listening, listener))
+
+    transport.on_listen = on_listen
+    return listening
+
+
+async def _listen_until_cancelled(listening: Listening, listener: Listener) -> None:
+    # The transport cancels `listen_task` when the session ends: that is when to let go.
+    try:
+        await asyncio.get_running_loop().create_future()
+    finally:
+        listening.remove(listener)
