@@ -1,0 +1,428 @@
+"""Rooms on a LiveKit server, through the LiveKit rtc SDK (the only module importing it).
+
+The agent joins a LiveKit room as a participant: one audio track fed from an
+`rtc.AudioSource`, the room protocol on reliable data packets with topic `tts`, and each
+caption sentence also published as a LiveKit transcription (text stream on
+`lk.transcription`) so standard LiveKit UIs show it.
+
+Two long-lived tasks per room carry everything out, so the clock's 20 ms tick never awaits
+and never creates a task:
+- `AudioPump` takes frames from the clock (sync `push`) and awaits
+  `AudioSource.capture_frame` one after another; frames come from a small free list.
+- `Outbox` sends data packets and transcriptions in the order the room produced them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Protocol
+
+import numpy as np
+from livekit import rtc
+
+from ..audio import FRAME_SAMPLES, SAMPLE_RATE
+from ..rooms import Room, RoomRegistry
+
+log = logging.getLogger(__name__)
+
+TOPIC = "tts"
+TRANSCRIPTION_TOPIC = "lk.transcription"
+ATTR_SEGMENT_ID = "lk.segment_id"
+ATTR_TRACK_ID = "lk.transcribed_track_id"
+ATTR_FINAL = "lk.transcription_final"
+TRACK_NAME = "tts-agent"
+# The source's own queue: the room runs at most one frame ahead of the clock, so 40 ms is
+# the steady-state peak; 60 ms leaves one frame of scheduling slack. An interrupt clears it.
+SOURCE_QUEUE_MS = 60
+AUDIO_BACKLOG_FRAMES = 5  # frames waiting for capture_frame; beyond this the oldest is dropped
+OUTBOX_LIMIT = 1000  # pending data packets; a stuck connection never grows memory
+SERVER_SENDER = "livekit-server"  # data sent by a server SDK (RoomService.send_data) has no participant
+PEER_ID = "livekit"  # in LiveKit mode the room's one "peer" is the SFU; fan-out is its job
+
+
+class RoomPublisher(Protocol):
+    """What the transport sends into one connected LiveKit room. The default wraps
+    `room.local_participant`; tests inject their own (no LiveKit server runs there)."""
+
+    async def publish_track(self, track: rtc.LocalAudioTrack) -> str:
+        """Publish the agent's audio track; returns its track sid."""
+
+    async def publish_data(self, payload: bytes, *, topic: str, destination_identities: list[str]) -> None: ...
+
+    async def publish_text(self, text: str, *, topic: str, attributes: dict[str, str]) -> None: ...
+
+
+class LocalParticipantPublisher:
+    def __init__(self, room: rtc.Room):
+        self.room = room
+
+    async def publish_track(self, track: rtc.LocalAudioTrack) -> str:
+        # SOURCE_MICROPHONE: LiveKit UIs treat it as the agent's voice (visualisers, transcripts)
+        options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+        publication = await self.room.local_participant.publish_track(track, options)
+        return publication.sid
+
+    async def publish_data(self, payload: bytes, *, topic: str, destination_identities: list[str]) -> None:
+        await self.room.local_participant.publish_data(payload, reliable=True, topic=topic,
+                                                       destination_identities=destination_identities)
+
+    async def publish_text(self, text: str, *, topic: str, attributes: dict[str, str]) -> None:
+        writer = await self.room.local_participant.stream_text(topic=topic, attributes=attributes)
+        await writer.write(text)
+        await writer.aclose()
+
+
+class AudioPump:
+    """Clock frames → `AudioSource.capture_frame`, awaited in order by one task."""
+
+    def __init__(self, source: rtc.AudioSource, backlog: int = AUDIO_BACKLOG_FRAMES):
+        self.source = source
+        self.backlog = backlog
+        self._waiting: deque[rtc.AudioFrame] = deque()
+        self._free: list[rtc.AudioFrame] = []  # frames whose capture finished: reused, no allocation
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self.captured = 0
+        self.dropped = 0  # frames thrown away because capture fell behind
+        self.cleared = 0  # interrupts that cleared the source's queue
+        self.errors = 0
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="livekit-audio")
+
+    def push(self, pcm: np.ndarray) -> None:
+        frame = self._free.pop() if self._free else rtc.AudioFrame.create(SAMPLE_RATE, 1, FRAME_SAMPLES)
+        np.copyto(np.frombuffer(frame.data, dtype=np.int16), pcm)  # the Speaker reuses its buffer
+        self._waiting.append(frame)
+        if len(self._waiting) > self.backlog:
+            self._free.append(self._waiting.popleft())
+            self.dropped += 1
+        self._wake.set()
+
+    def discard(self) -> None:
+        """Drop every frame not yet played: ours and the source's queue (interrupt)."""
+        self._free.extend(self._waiting)
+        self._waiting.clear()
+        self.source.clear_queue()
+        self.cleared += 1
+
+    @property
+    def pending(self) -> int:
+        return len(self._waiting)
+
+    async def _run(self) -> None:
+        while True:
+            if not self._waiting:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            frame = self._waiting.popleft()
+            try:
+                await self.source.capture_frame(frame)
+                self.captured += 1
+            except Exception:  # a source closed under us: the room is going away
+                self.errors += 1
+                log.debug("capture_frame failed", exc_info=True)
+            self._free.append(frame)
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._waiting.clear()
+
+
+class Outbox:
+    """Data packets and transcriptions, sent in order by one task."""
+
+    def __init__(self, limit: int = OUTBOX_LIMIT):
+        self._queue: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue(limit)
+        self._task: asyncio.Task | None = None
+        self.sent = 0
+        self.dropped = 0
+        self.failed = 0
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="livekit-outbox")
+
+    def put(self, send: Callable[[], Awaitable[None]]) -> None:
+        try:
+            self._queue.put_nowait(send)
+        except asyncio.QueueFull:
+            self.dropped += 1
+
+    async def _run(self) -> None:
+        while True:
+            send = await self._queue.get()
+            try:
+                await send()
+                self.sent += 1
+            except Exception:  # one failed send (a participant gone) must not stop the rest
+                self.failed += 1
+                log.debug("livekit send failed", exc_info=True)
+            finally:
+                self._queue.task_done()
+
+    async def flush(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self._queue.join(), timeout)
+        except asyncio.TimeoutError:
+            log.warning("livekit outbox: %d messages unsent at close", self._queue.qsize())
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
+_SENTENCE_END = tuple(".!?…。！？")
+
+
+class TranscriptionSegmenter:
+    """Which `caption` events start a sentence (published as a transcription segment).
+
+    Engines with word timing give a sentence caption followed by its words; the caption
+    event does not say which is which, so a caption counts as a word when it is a single
+    token found further on in the current sentence. (A `kind` field on the caption event
+    would make this exact; see the transport's notes.)"""
+
+    def __init__(self) -> None:
+        self._sentence: dict[str, tuple[str, int]] = {}  # utterance id -> (sentence, cursor)
+
+    def sentence(self, uid: str, text: str) -> bool:
+        current = self._sentence.get(uid)
+        if current is not None and _is_word(text):
+            sentence, cursor = current
+            at = sentence.find(text, cursor)
+            if at >= 0:
+                self._sentence[uid] = (sentence, at + len(text))
+                return False
+        self._sentence[uid] = (text, 0)
+        return True
+
+    def end(self, uid: str) -> None:
+        self._sentence.pop(uid, None)
+
+
+def _is_word(text: str) -> bool:
+    return bool(text) and not any(c.isspace() for c in text) and not text.endswith(_SENTENCE_END)
+
+
+class LiveKitRoomSink:
+    """A room's frames into the AudioSource, its events as data packets and transcriptions."""
+
+    def __init__(self, room: Room, session: "LiveKitSession"):
+        self.room = room
+        self.session = session
+        self.segments = TranscriptionSegmenter()
+        self.closed = False
+
+    def send_frame(self, pcm: np.ndarray, slot: int) -> None:
+        self.session.audio.push(pcm)
+
+    def send_event(self, data: str, to: str | None) -> None:
+        ev = json.loads(data)  # events are few (per utterance, per caption): not the audio path
+        kind = ev.get("type")
+        if kind == "interrupted" and ev.get("played_ms", 0) > 0:
+            # Only the playing utterance has played_ms > 0; its faded last frame follows
+            # this event (Speaker._cut), so everything queued before it is stale.
+            self.session.audio.discard()
+        elif kind == "caption" and self.segments.sentence(ev["id"], ev["text"]):
+            self.session.publish_transcription(ev["text"])
+        if kind in ("finished", "interrupted"):
+            self.segments.end(ev.get("id", ""))
+        self.session.publish_event(data.encode(), to)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.session.on_room_closed()
+
+
+@dataclass
+class LiveKitSession:
+    """The agent in one LiveKit room: the connection, its track, its core Room."""
+
+    name: str
+    lk_room: rtc.Room
+    publisher: RoomPublisher
+    source: rtc.AudioSource
+    track: rtc.LocalAudioTrack
+    audio: AudioPump
+    outbox: Outbox
+    track_sid: str = ""
+    room: Room | None = None
+    participants: set[str] = field(default_factory=set)
+    left: asyncio.Event = field(default_factory=asyncio.Event)
+    transport: "LiveKitTransport | None" = None
+    leaving: bool = False
+
+    def publish_event(self, payload: bytes, to: str | None) -> None:
+        destinations = [] if to is None else [to]
+        self.outbox.put(lambda: self.publisher.publish_data(payload, topic=TOPIC, destination_identities=destinations))
+
+    def publish_transcription(self, text: str) -> None:
+        attributes = {ATTR_SEGMENT_ID: f"SG_{secrets.token_hex(6)}", ATTR_FINAL: "true"}
+        if self.track_sid:
+            attributes[ATTR_TRACK_ID] = self.track_sid
+        self.outbox.put(lambda: self.publisher.publish_text(text, topic=TRANSCRIPTION_TOPIC, attributes=attributes))
+
+    def on_room_closed(self) -> None:
+        if self.transport is not None and not self.leaving:
+            asyncio.get_running_loop().create_task(self.transport.leave(self), name=f"livekit-leave-{self.name}")
+
+
+async def _connect(room: rtc.Room, url: str, token: str) -> None:
+    await room.connect(url, token, rtc.RoomOptions(auto_subscribe=False))  # we listen to data only
+
+
+class LiveKitTransport:
+    """Rooms on a LiveKit server: join (connect + attach), the protocol in, leave.
+
+    `room_factory`, `connect` and `publisher_factory` are injectable so tests can attach a
+    real, never-connected `rtc.Room`, emit its events and capture what would be published."""
+
+    def __init__(
+        self,
+        rooms: RoomRegistry,
+        *,
+        room_factory: Callable[[], rtc.Room] = rtc.Room,
+        connect: Callable[[rtc.Room, str, str], Awaitable[None]] = _connect,
+        publisher_factory: Callable[[rtc.Room], RoomPublisher] = LocalParticipantPublisher,
+        source_queue_ms: int = SOURCE_QUEUE_MS,
+    ):
+        self.rooms = rooms
+        self.room_factory = room_factory
+        self.connect = connect
+        self.publisher_factory = publisher_factory
+        self.source_queue_ms = source_queue_ms
+        self.sessions: dict[str, LiveKitSession] = {}
+        self._attaching: LiveKitSession | None = None
+        rooms.sink_factory = self._make_sink
+
+    def _make_sink(self, room: Room) -> LiveKitRoomSink:
+        assert self._attaching is not None and self._attaching.name == room.name, "rooms open through attach()"
+        return LiveKitRoomSink(room, self._attaching)
+
+    async def join(self, url: str, token: str, room_name: str) -> LiveKitSession:
+        """Connect to `room_name` with `token` and start speaking there."""
+        if room_name in self.sessions:
+            raise ValueError(f"already in room {room_name!r}")
+        lk_room = self.room_factory()
+        await self.connect(lk_room, url, token)
+        try:
+            return await self.attach(lk_room, room_name)
+        except BaseException:
+            await lk_room.disconnect()
+            raise
+
+    async def attach(self, lk_room: rtc.Room, room_name: str) -> LiveKitSession:
+        """Publish the track on a (connected) room and wire its events to a core Room."""
+        source = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=self.source_queue_ms)
+        track = rtc.LocalAudioTrack.create_audio_track(TRACK_NAME, source)
+        session = LiveKitSession(room_name, lk_room, self.publisher_factory(lk_room), source, track,
+                                 AudioPump(source), Outbox(), transport=self)
+        session.track_sid = await session.publisher.publish_track(track)
+        self._attaching = session
+        try:
+            session.room = self.rooms.get_or_create(room_name)
+        finally:
+            self._attaching = None
+        session.room.add_peer(PEER_ID, {"id": PEER_ID, "identity": PEER_ID, "transport": "livekit",
+                                        "participants": 0})
+        session.audio.start()
+        session.outbox.start()
+        self.sessions[room_name] = session
+        self._wire(session)
+        # participants already in the room when the agent arrived (none for a fresh room)
+        for participant in list(lk_room.remote_participants.values()):
+            self._participant_joined(session, participant.identity)
+        log.info("joined livekit room", extra={"room": room_name})
+        return session
+
+    def _wire(self, session: LiveKitSession) -> None:
+        lk_room = session.lk_room
+
+        @lk_room.on("data_received")
+        def on_data(packet: rtc.DataPacket) -> None:
+            if packet.topic != TOPIC or session.room is None:
+                return
+            sender = packet.participant.identity if packet.participant is not None else None
+            # LiveKit enforces canPublishData at the server: a packet that arrived was allowed
+            reply = session.room.receive(packet.data, sender or SERVER_SENDER)
+            if reply is not None and sender is not None:
+                session.publish_event(_dumps(reply), sender)
+
+        @lk_room.on("participant_connected")
+        def on_joined(participant: rtc.RemoteParticipant) -> None:
+            self._participant_joined(session, participant.identity)
+
+        @lk_room.on("participant_disconnected")
+        def on_left(participant: rtc.RemoteParticipant) -> None:
+            session.participants.discard(participant.identity)
+            room = session.room
+            if room is None or room.closed:
+                return
+            room.peers.get(PEER_ID, {})["participants"] = len(session.participants)
+            if not session.participants:
+                # everyone left: the core room's grace period decides when the agent leaves
+                room.remove_peer(PEER_ID, self.rooms.close_room)
+
+        @lk_room.on("disconnected")
+        def on_disconnected(reason=None) -> None:
+            if not session.leaving:
+                asyncio.get_running_loop().create_task(self.leave(session), name=f"livekit-leave-{session.name}")
+
+    def _participant_joined(self, session: LiveKitSession, identity: str) -> None:
+        room = session.room
+        if room is None or room.closed:
+            return
+        session.participants.add(identity)
+        if PEER_ID not in room.peers:  # back during the grace period
+            room.add_peer(PEER_ID, {"id": PEER_ID, "identity": PEER_ID, "transport": "livekit", "participants": 0})
+        room.peers[PEER_ID]["participants"] = len(session.participants)
+        session.publish_event(_dumps(room.ready_event()), identity)
+
+    async def leave(self, session: LiveKitSession, flush_s: float = 2.0) -> None:
+        if session.leaving:
+            await session.left.wait()
+            return
+        session.leaving = True
+        room = session.room
+        if room is not None and not room.closed:
+            room.peers.pop(PEER_ID, None)  # close_room keeps a room that still has peers
+            self.rooms.close_room(room, "disconnect")
+        await session.outbox.flush(flush_s)  # the final `interrupted` events reach the clients
+        await session.outbox.aclose()
+        await session.audio.aclose()
+        if self.sessions.get(session.name) is session:
+            del self.sessions[session.name]
+        if session.lk_room.isconnected():
+            await session.lk_room.disconnect()
+        await session.source.aclose()
+        session.left.set()
+        log.info("left livekit room", extra={"room": session.name})
+
+    def load(self) -> float:
+        """0..1: share of this worker's room capacity in use (reported to LiveKit)."""
+        return min(1.0, len(self.sessions) / max(1, self.rooms.settings.max_rooms))
+
+    async def drain(self, timeout: float) -> None:
+        """Stop taking rooms, let what is speaking finish (at most `timeout`), then leave."""
+        self.rooms.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline and any(
+                s.room is not None and not s.room.speaker.idle for s in self.sessions.values()):
+            await asyncio.sleep(0.1)  # polling a drain at 10 Hz: no event covers "all rooms idle"
+        await asyncio.gather(*(self.leave(s) for s in list(self.sessions.values())), return_exceptions=True)
+        await self.rooms.close_all()
+
+
+def _dumps(ev: dict) -> bytes:
+    return json.dumps(ev, ensure_ascii=False, separators=(",", ":")).encode()

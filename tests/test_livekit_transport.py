@@ -1,0 +1,267 @@
+"""The LiveKit transport offline, with the real SDK objects.
+
+No LiveKit server can run here, so two things stand in for it, and only those: the
+`rtc.Room` is real but never connected (its events are emitted the way the SDK emits them
+on a packet from the server), and the publish path is a `CapturedPublisher` that records
+what would go to the server. Everything else is real: the Speaker and eSpeak NG, the
+`rtc.AudioSource` and `LocalAudioTrack`, read back through `rtc.AudioStream.from_track`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+import pytest
+from livekit import rtc
+from livekit.rtc._proto import participant_pb2
+
+from agent.rooms import RoomRegistry
+from agent.settings import Settings
+from agent.transports.livekit import (
+    ATTR_FINAL,
+    ATTR_SEGMENT_ID,
+    ATTR_TRACK_ID,
+    TOPIC,
+    TRANSCRIPTION_TOPIC,
+    LiveKitTransport,
+    TranscriptionSegmenter,
+)
+from engines.registry import VoiceRegistry
+from tests.conftest import shared_engines
+
+TRACK_SID = "TR_agentvoice"
+
+
+class CapturedPublisher:
+    """Stands in for the LiveKit server's side of `local_participant` (cannot run here)."""
+
+    def __init__(self, room: rtc.Room):
+        self.tracks: list[rtc.LocalAudioTrack] = []
+        self.data: list[tuple[dict, str, list[str]]] = []  # (event, topic, destinations)
+        self.texts: list[tuple[str, str, dict]] = []
+        self.changed = asyncio.Event()
+
+    async def publish_track(self, track: rtc.LocalAudioTrack) -> str:
+        self.tracks.append(track)
+        return TRACK_SID
+
+    async def publish_data(self, payload: bytes, *, topic: str, destination_identities: list[str]) -> None:
+        self.data.append((json.loads(payload), topic, list(destination_identities)))
+        self.changed.set()
+
+    async def publish_text(self, text: str, *, topic: str, attributes: dict[str, str]) -> None:
+        self.texts.append((text, topic, dict(attributes)))
+        self.changed.set()
+
+    def events(self, type_: str | None = None, to: list[str] | None = None) -> list[dict]:
+        return [ev for ev, _, dest in self.data if (type_ is None or ev["type"] == type_) and (to is None or dest == to)]
+
+    async def wait_for(self, predicate, timeout: float = 20.0):
+        async def poll():
+            while True:
+                found = predicate()
+                if found:
+                    return found
+                self.changed.clear()
+                await self.changed.wait()
+
+        return await asyncio.wait_for(poll(), timeout)
+
+
+def participant(identity: str) -> rtc.RemoteParticipant:
+    # handle 0 is the SDK's invalid handle: nothing native to release
+    return rtc.RemoteParticipant(participant_pb2.OwnedParticipant(info=participant_pb2.ParticipantInfo(identity=identity)))
+
+
+def packet(msg: dict | str, sender: rtc.RemoteParticipant | None, topic: str = TOPIC) -> rtc.DataPacket:
+    raw = msg if isinstance(msg, str) else json.dumps(msg)
+    return rtc.DataPacket(data=raw.encode(), kind=rtc.DataPacketKind.KIND_RELIABLE, participant=sender, topic=topic)
+
+
+@pytest.fixture
+async def lk():
+    settings = Settings(room_grace_s=0, voice="espeak:en-us")  # eSpeak NG: word timing, fast
+    registry = RoomRegistry(settings, VoiceRegistry(shared_engines(), settings.voice))
+    publishers: list[CapturedPublisher] = []
+
+    def make_publisher(room):
+        publishers.append(CapturedPublisher(room))
+        return publishers[-1]
+
+    transport = LiveKitTransport(registry, publisher_factory=make_publisher)
+    lk_room = rtc.Room()
+    session = await transport.attach(lk_room, "lobby")
+    yield transport, lk_room, session, publishers[0]
+    await transport.drain(timeout=0)
+
+
+async def test_attach_publishes_one_track_and_greets_participants(lk):
+    transport, lk_room, session, pub = lk
+    assert pub.tracks == [session.track] and session.track_sid == TRACK_SID
+    lk_room.emit("participant_connected", participant("alice"))
+    ready = await pub.wait_for(lambda: pub.events("ready", ["alice"]))
+    assert ready[0]["room"] == "lobby" and ready[0]["protocol"] == 1
+    assert transport.rooms.get("lobby").peers["livekit"]["participants"] == 1
+
+
+async def test_data_packets_drive_the_speaker_and_replies_go_to_the_sender(lk):
+    _, lk_room, session, pub = lk
+    alice = participant("alice")
+    lk_room.emit("data_received", packet({"type": "ping", "t": 7}, alice))
+    lk_room.emit("data_received", packet('{"type": "synthesize", "text": "hi", "priorty": "high"}', alice))
+    lk_room.emit("data_received", packet({"type": "ping", "t": 8}, alice, topic="chat"))  # not ours
+    await pub.wait_for(lambda: len(pub.data) >= 2)
+    await session.outbox.flush(5)
+    assert [(ev["type"], topic, dest) for ev, topic, dest in pub.data] == [
+        ("pong", TOPIC, ["alice"]), ("error", TOPIC, ["alice"])]
+    assert pub.data[0][0]["t"] == 7 and pub.data[1][0]["code"] == "bad_message"
+    assert session.room.speaker.idle  # the bad message changed nothing
+
+    lk_room.emit("data_received", packet({"type": "synthesize", "text": "Hello there.", "id": "u1"}, alice))
+    finished = await pub.wait_for(lambda: pub.events("finished", []))
+    assert finished[0]["id"] == "u1" and finished[0]["audio_ms"] > 0
+    assert [ev["type"] for ev in pub.events(to=[]) if ev["type"] != "caption"] == ["queued", "started", "finished"]
+
+
+async def test_server_sent_packets_speak_without_a_reply(lk):
+    # RoomService.send_data (the control plane's HTTP speak) arrives with no participant
+    _, lk_room, session, pub = lk
+    lk_room.emit("data_received", packet({"type": "synthesize", "text": "From the server.", "id": "s1"}, None))
+    lk_room.emit("data_received", packet({"type": "ping"}, None))
+    await pub.wait_for(lambda: pub.events("finished"))
+    assert not pub.events("pong")
+    assert pub.events("started")[0]["id"] == "s1"
+
+
+class Listener:
+    """Reads the agent's LocalAudioTrack back through a real `rtc.AudioStream` (10 ms frames)."""
+
+    def __init__(self, track: rtc.LocalAudioTrack):
+        self.stream = rtc.AudioStream.from_track(track=track, sample_rate=48_000, num_channels=1)
+        self.chunks: list[np.ndarray] = []
+        self._new = asyncio.Event()
+        self._task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        async for ev in self.stream:
+            self.chunks.append(np.frombuffer(ev.frame.data, dtype=np.int16).copy())
+            self._new.set()
+
+    async def until(self, predicate, timeout: float = 10.0) -> None:
+        async def wait():
+            while not predicate(self.chunks):
+                self._new.clear()
+                await self._new.wait()
+
+        await asyncio.wait_for(wait(), timeout)
+
+    async def close(self) -> np.ndarray:
+        await self.stream.aclose()
+        self._task.cancel()
+        return np.concatenate(self.chunks)
+
+
+def voiced_chunks(pcm: np.ndarray) -> list[bytes]:
+    """10 ms chunks that are not all zero: the source pads an underrun with silent chunks,
+    so audio is compared chunk by chunk with those left out."""
+    usable = len(pcm) - len(pcm) % 480
+    return [c.tobytes() for c in pcm[:usable].reshape(-1, 480) if c.any()]
+
+
+async def test_frames_from_the_speaker_reach_the_audio_source(lk):
+    _, lk_room, session, pub = lk
+    pushed: list[np.ndarray] = []
+    real_push = session.audio.push
+    session.audio.push = lambda pcm: (pushed.append(pcm.copy()), real_push(pcm))[-1]  # spy, keeps the real path
+    listener = Listener(session.track)
+    lk_room.emit("data_received", packet({"type": "synthesize", "text": "Testing the audio path.", "id": "a"},
+                                         participant("alice")))
+    await pub.wait_for(lambda: pub.events("finished"))
+    expected = voiced_chunks(np.concatenate(pushed))
+    await listener.until(lambda chunks: sum(1 for c in chunks if c.any()) >= len(expected))
+    heard = voiced_chunks(await listener.close())
+    # bit-exact, in order: the source neither resamples nor processes 48 kHz mono int16
+    assert heard == expected
+    assert session.audio.captured == len(pushed) and session.audio.dropped == 0
+    assert len(pushed) * 20 >= pub.events("finished")[0]["audio_ms"]
+
+
+async def test_interrupt_clears_the_source_queue(lk):
+    _, lk_room, session, pub = lk
+    clears: list[int] = []
+    real_clear = session.source.clear_queue
+    session.source.clear_queue = lambda: (clears.append(session.audio.pending), real_clear())[-1]
+    alice = participant("alice")
+    lk_room.emit("data_received", packet({"type": "synthesize", "id": "q", "text": "Queued for later."}, alice))
+    lk_room.emit("data_received", packet({"type": "interrupt", "id": "q"}, alice))  # queued: nothing to clear
+    await pub.wait_for(lambda: pub.events("interrupted"))
+    assert clears == []
+    lk_room.emit("data_received", packet(
+        {"type": "synthesize", "id": "long", "text": "This sentence is long enough to be cut off in the middle."}, alice))
+    await pub.wait_for(lambda: len(pub.events("caption")) >= 3)
+    lk_room.emit("data_received", packet({"type": "interrupt"}, alice))
+    cut = await pub.wait_for(lambda: [e for e in pub.events("interrupted") if e["id"] == "long"])
+    assert cut[0]["played_ms"] > 0 and len(clears) == 1
+    assert not pub.events("finished")
+
+
+async def test_clear_queue_drops_audio_not_yet_played(lk):
+    """Frames in the AudioSource at the interrupt never reach the track."""
+    _, _, session, _ = lk
+    listener = Listener(session.track)
+    stale = np.full(960, 1111, np.int16)
+    fresh = np.full(960, 2222, np.int16)
+    for _ in range(3):  # 60 ms: the source's whole queue
+        await session.source.capture_frame(_frame(stale))
+    session.room.sink.send_event(json.dumps({"type": "interrupted", "id": "x", "played_ms": 60, "reason": "interrupt"}),
+                                 None)
+    session.room.sink.send_frame(fresh, 0)
+    await listener.until(lambda chunks: sum(1 for c in chunks if (c == 2222).any()) >= 2)
+    got = await listener.close()
+    # without clear_queue all 60 ms would play; the source drains 10 ms per 10 ms, so at
+    # most what it took in the instant between the last capture and the clear gets out
+    assert np.count_nonzero(got == 1111) < 3 * 960
+    assert np.count_nonzero(got == 2222) == 960
+
+
+def _frame(pcm: np.ndarray) -> rtc.AudioFrame:
+    return rtc.AudioFrame(pcm.tobytes(), 48_000, 1, len(pcm))
+
+
+async def test_captions_become_livekit_transcriptions(lk):
+    _, lk_room, session, pub = lk
+    lk_room.emit("data_received", packet(
+        {"type": "synthesize", "id": "t", "text": "Hello there, world. How are you today?"}, participant("alice")))
+    await pub.wait_for(lambda: pub.events("finished"))
+    await session.outbox.flush(5)
+    assert [t for t, _, _ in pub.texts] == ["Hello there, world.", "How are you today?"]
+    assert {topic for _, topic, _ in pub.texts} == {TRANSCRIPTION_TOPIC}
+    attrs = [a for _, _, a in pub.texts]
+    assert all(a[ATTR_TRACK_ID] == TRACK_SID and a[ATTR_FINAL] == "true" for a in attrs)
+    assert len({a[ATTR_SEGMENT_ID] for a in attrs}) == 2
+
+
+def test_segmenter_tells_sentences_from_words():
+    seg = TranscriptionSegmenter()
+    captions = ["Hello there, world.", "Hello", "there", "world", "How are you today?", "How", "are", "you",
+                "today", "Fine.", "Fine", "你好，世界。", "你", "世", "界"]
+    assert [c for c in captions if seg.sentence("u", c)] == [
+        "Hello there, world.", "How are you today?", "Fine.", "你好，世界。"]
+    # an engine without word timing: every caption is a sentence, even a repeated one
+    seg2 = TranscriptionSegmenter()
+    assert [seg2.sentence("v", c) for c in ["Go.", "Go.", "Then stop"]] == [True, True, True]
+
+
+async def test_last_participant_leaving_closes_the_room_and_leaves(lk):
+    transport, lk_room, session, pub = lk
+    alice = participant("alice")
+    lk_room.emit("participant_connected", alice)
+    lk_room.emit("data_received", packet({"type": "synthesize", "id": "z", "text": "Still talking when she leaves."},
+                                         alice))
+    await pub.wait_for(lambda: pub.events("started"))
+    lk_room.emit("participant_disconnected", alice)
+    await asyncio.wait_for(session.left.wait(), 5)  # grace 0: the room closes, the agent leaves
+    assert transport.sessions == {} and transport.rooms.get("lobby") is None
+    assert pub.events("interrupted")[0]["reason"] == "disconnect"  # flushed before leaving
