@@ -88,17 +88,22 @@ class TokenAuthority:
         except Exception as exc:  # malformed grants
             raise AuthError(401, f"the token is invalid: {exc}") from None
         video = claims.video or api.VideoGrants()
+        if not isinstance(video.room or "", str):
+            raise AuthError(401, "the token is invalid: video.room is not a string")
+        # Grants that open a door must be literally true; ones that default to allowed
+        # (LiveKit's canSubscribe, canPublishData) close only when literally false.
         return Principal(
-            identity=claims.identity or "anonymous",
-            name=claims.name or "",
+            identity=str(claims.identity or "anonymous"),
+            name=str(claims.name or ""),
             room=video.room or "",
-            room_join=bool(video.room_join),
-            room_admin=bool(video.room_admin),
+            room_join=video.room_join is True,
+            room_admin=video.room_admin is True,
             can_subscribe=video.can_subscribe is not False,
             can_publish_data=video.can_publish_data is not False,
         )
 
     def for_room(self, token: str, room: str) -> Principal:
+        """A token that may join `room`: a room token for it, or an admin token for it or for all rooms."""
         principal = self.verify(token)
         if principal.room_admin and (not principal.room or principal.room == room):
             return principal
@@ -108,8 +113,13 @@ class TokenAuthority:
             raise AuthError(403, f"the token is for room {principal.room!r}, not {room!r}")
         return principal
 
-    def admin(self, token: str) -> Principal:
+    def admin(self, token: str, room: str | None = None) -> Principal:
+        """An admin token: roomAdmin, for `room` or for all rooms. A token whose roomAdmin is
+        limited to one room (as livekit-api's RoomService sends) opens only that room's calls."""
         principal = self.verify(token)
         if not principal.room_admin:
             raise AuthError(403, "this call needs a token with roomAdmin")
+        if principal.room and principal.room != room:
+            where = f"room {room!r}" if room is not None else "calls that are not about one room"
+            raise AuthError(403, f"the token's roomAdmin is limited to room {principal.room!r}, not {where}")
         return principal

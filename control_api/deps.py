@@ -42,10 +42,11 @@ def _raise(err: AuthError):
     raise Problem(err.status, err.reason, code="unauthorized", headers=headers)
 
 
-def require_admin(credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
+def require_admin(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
                   agent: Agent = Depends(get_agent)) -> Principal:
+    """roomAdmin; for routes under /v1/rooms/{room}, an admin token limited to that room also opens them."""
     try:
-        return agent.tokens.admin(_token(credentials))
+        return agent.tokens.admin(_token(credentials), request.path_params.get("room"))
     except AuthError as err:
         _raise(err)
 
@@ -64,7 +65,7 @@ def admin_or_dev(request: Request, credentials: HTTPAuthorizationCredentials | N
     client = request.client.host if request.client else ""
     if agent.settings.dev_mode and credentials is None and is_loopback(client):
         return None
-    return require_admin(credentials, agent)
+    return require_admin(request, credentials, agent)
 
 
 def client_key(request: Request, credentials: HTTPAuthorizationCredentials | None) -> str:

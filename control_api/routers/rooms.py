@@ -16,6 +16,8 @@ from ..problems import Problem
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["rooms"], dependencies=[Depends(require_admin)], responses=ADMIN_REFUSALS)
 
+# Every route here is `async def`: rooms live on the event loop, and a sync route would run
+# in a worker thread, racing the frame clock (and finding no loop to start synthesis on).
 _NO_ROOM = {404: {"model": ProblemOut, "description": "no such room (a room exists while a peer is in it)"}}
 
 
@@ -27,13 +29,13 @@ def _room(agent: Agent, room: str):
 
 
 @router.get("/v1/rooms", response_model=list[RoomSummary])
-def list_rooms(agent: Agent = Depends(get_agent)) -> list[dict]:
+async def list_rooms(agent: Agent = Depends(get_agent)) -> list[dict]:
     """Every open room: its peers, its queue and what it is saying now."""
     return [r.snapshot() for r in agent.rooms.rooms.values()]
 
 
 @router.get("/v1/rooms/{room}", response_model=RoomSummary, responses=_NO_ROOM)
-def room_detail(room: str, agent: Agent = Depends(get_agent)) -> dict:
+async def room_detail(room: str, agent: Agent = Depends(get_agent)) -> dict:
     return _room(agent, room).snapshot()
 
 
@@ -46,7 +48,7 @@ def room_detail(room: str, agent: Agent = Depends(get_agent)) -> dict:
         429: {"model": ProblemOut, "description": "rate limited (see Retry-After)"},
     },
 )
-def speak(room: str, body: SpeakBody, agent: Agent = Depends(get_agent),
+async def speak(room: str, body: SpeakBody, agent: Agent = Depends(get_agent),
           principal: Principal = Depends(require_admin)) -> Accepted:
     """The `synthesize` message over HTTP: same validation, same events in the room."""
     target = _room(agent, room)
@@ -61,7 +63,7 @@ def speak(room: str, body: SpeakBody, agent: Agent = Depends(get_agent),
     "/v1/rooms/{room}/interrupt", status_code=202, response_model=Accepted, response_model_exclude_none=True,
     responses=_NO_ROOM | {422: {"model": ProblemOut, "description": "`bad_message`"}},
 )
-def interrupt(room: str, body: InterruptBody | None = Body(None), agent: Agent = Depends(get_agent)) -> Accepted:
+async def interrupt(room: str, body: InterruptBody | None = Body(None), agent: Agent = Depends(get_agent)) -> Accepted:
     """The `interrupt` message over HTTP: with `id` that utterance (404 `unknown_utterance` if it is
     neither queued nor playing), without it what is playing and the whole queue."""
     target = _room(agent, room)
