@@ -48,6 +48,7 @@ class Room:
         self.created = time.time()
         self.peers: dict[str, dict] = {}  # peer id -> public info
         self.last_slot = -1
+        self.phase = 0  # set by the clock on subscribe
         self.frames_sent = 0
         self._subscribed = False
         self._close_timer: asyncio.TimerHandle | None = None
@@ -92,13 +93,13 @@ class Room:
         At most one slot ahead of the clock, so pacing holds."""
         if self.closed:
             return
-        slot = self.clock.slot_now()
-        target = max(slot, self.last_slot + 1)
-        if target <= slot + 1:
-            self._send(target)
         if not self._subscribed:
             self._subscribed = True
             self.clock.subscribe(self)
+        slot = self.clock.slot_now(self.phase)
+        target = max(slot, self.last_slot + 1)
+        if target <= slot + 1:
+            self._send(target)
 
     def on_tick(self, slot: int) -> None:
         if slot > self.last_slot:

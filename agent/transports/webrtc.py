@@ -86,7 +86,7 @@ class PacketTrack(MediaStreamTrack):
 class OpusRoomSink:
     """A room's frames, encoded once, to every peer; its events to the data channels."""
 
-    def __init__(self, room: Room, bitrate: int):
+    def __init__(self, room: Room, bitrate: int, application: str = "lowdelay", complexity: int = 0):
         self.room = room
         self.tracks: dict[str, PacketTrack] = {}
         self.channels: dict[str, object] = {}
@@ -95,8 +95,9 @@ class OpusRoomSink:
         self._encoder.layout = "mono"
         self._encoder.format = "s16"
         self._encoder.bit_rate = bitrate
-        # voip: tuned for speech intelligibility; 20 ms frames, the RTP ptime
-        self._encoder.options = {"application": "voip", "frame_duration": "20"}
+        # 20 ms frames (the RTP ptime); application and complexity: see Settings
+        self._encoder.options = {"application": application, "frame_duration": "20",
+                                 "compression_level": str(complexity)}
         self._encoder.open()
         self.packets = 0
 
@@ -171,7 +172,8 @@ class WebRTCTransport:
         self.rooms = rooms
         self.settings = settings
         self.sessions: dict[str, WhepSession] = {}
-        rooms.sink_factory = lambda room: OpusRoomSink(room, settings.opus_bitrate)
+        rooms.sink_factory = lambda room: OpusRoomSink(
+            room, settings.opus_bitrate, settings.opus_application, settings.opus_complexity)
         self.on_listen = None  # set by barge-in: (session, remote track) -> None
         configure_ice(settings)
 
