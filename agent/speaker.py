@@ -158,7 +158,7 @@ class Speaker:
             self.append(cmd)
             return None
         if isinstance(cmd, Interrupt):
-            self.interrupt(cmd.id)
+            self.interrupt(cmd.id, received=received)
             return None
         if isinstance(cmd, Configure):
             self.configure(cmd)
@@ -205,16 +205,17 @@ class Speaker:
             self._open.pop(cmd.id, None)
         utt.more.set()
 
-    def interrupt(self, uid: str | None = None, reason: str = "interrupt", clear_queue: bool = True) -> None:
+    def interrupt(self, uid: str | None = None, reason: str = "interrupt", clear_queue: bool = True,
+                  received: float | None = None) -> None:
         if uid is None:
             if clear_queue:
                 for utt in list(self.queue):
                     self._cut(utt, reason)
             if self.current is not None:
-                self._cut(self.current, reason)
+                self._cut(self.current, reason, received)
             return
         if self.current is not None and self.current.id == uid:
-            self._cut(self.current, reason)
+            self._cut(self.current, reason, received)
             return
         for utt in self.queue:
             if utt.id == uid:
@@ -284,7 +285,7 @@ class Speaker:
         metrics.DROPPED.labels(reason).inc()
         self.output.emit(event("dropped", id=uid, reason=reason))
 
-    def _cut(self, utt: Utterance, reason: str) -> None:
+    def _cut(self, utt: Utterance, reason: str, received: float | None = None) -> None:
         """Stop an utterance now: playing → one faded frame then silence; queued → removed."""
         self._open.pop(utt.id, None)
         if utt.producer is not None:
@@ -305,6 +306,9 @@ class Speaker:
             self.output.emit(event("interrupted", id=utt.id, played_ms=utt.played_ms, reason=reason))
             if self._pending_fade is not None:
                 self.output.pull_now()
+            if received is not None and utt.started:
+                # the faded frame has just been handed to the transport (or waits for the next slot)
+                metrics.INTERRUPT_LATENCY.observe(time.perf_counter() - received)
             self._advance()
         else:
             self.queue.remove(utt)
@@ -338,17 +342,21 @@ class Speaker:
     async def _produce(self, utt: Utterance) -> None:
         engine = self.voices.engine_for(utt.voice)
         resampler = Resampler(utt.voice.sample_rate)
+        synth_s = 0.0  # time spent waiting on the engine (not on playout)
         try:
             async for text in self._texts(utt):
                 stream = engine.stream(text, utt.voice, utt.speed)
                 try:
                     while True:
+                        t0 = time.perf_counter()
                         try:
                             chunk = await asyncio.wait_for(anext(stream), SYNTH_STALL_S)
                         except StopAsyncIteration:
                             break
                         except asyncio.TimeoutError:
                             raise EngineError(f"{engine.name} produced no audio for {SYNTH_STALL_S:.0f} s") from None
+                        finally:
+                            synth_s += time.perf_counter() - t0
                         if chunk.notice:
                             self.output.emit(event("error", id=utt.id, code=ErrorCode.engine_error.value,
                                                    message=chunk.notice))
@@ -367,11 +375,14 @@ class Speaker:
                 finally:
                     await stream.aclose()
             utt.buffer.write(resampler.flush())
+            if utt.buffer.written:
+                metrics.SYNTH_RTF.labels(engine.name).observe(synth_s / (utt.buffer.written / SAMPLE_RATE))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # an engine failing must not take the room down
             log.warning("synthesis failed in room %s utterance %s: %s", self.room, utt.id, exc)
             utt.error = str(exc)
+            metrics.ERRORS.labels(ErrorCode.engine_error.value).inc()
             self.output.emit(event("error", id=utt.id, code=ErrorCode.engine_error.value, message=str(exc)))
         finally:
             utt.synth_done = True
