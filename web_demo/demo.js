@@ -21,6 +21,15 @@ const demo = (window.demo = {
   talking: {}, // participant -> true while a `user_speech started` is not yet stopped
   bargeIn: false,
   sendsMic: false,
+  // RTP packets of the microphone sent so far in this session (from the peer connection's stats)
+  async micPacketsSent() {
+    if (!session || !session.pc) return 0;
+    let sent = 0;
+    (await session.pc.getStats()).forEach((s) => {
+      if (s.type === "outbound-rtp" && s.kind === "audio") sent += s.packetsSent;
+    });
+    return sent;
+  },
 });
 
 let session = null;
