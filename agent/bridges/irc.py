@@ -52,16 +52,21 @@ def parse_server(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
-class ChannelReader(pydle.featurize(pydle.features.RFC1459Support, pydle.features.TLSSupport,
-                                    pydle.features.ISUPPORTSupport)):
-    """One connection: joins the channel and reports its messages and its end."""
+class ChannelReader(pydle.MinimalClient):
+    """One connection: joins the channel and reports its messages and its end.
+
+    pydle's minimal feature set (RFC 1459, TLS, ISUPPORT, CTCP, WHOX): no IRCv3 capability
+    negotiation to stall on servers that do not answer CAP LS as pydle expects."""
 
     RECONNECT_ON_ERROR = False  # IrcBridge reconnects
 
-    def __init__(self, nick: str, channel: str, on_message: Callable[[str, str], None]):
-        super().__init__(nick, fallback_nicknames=[f"{nick}_", f"{nick}__"])
+    def __init__(self, nick: str, channel: str, on_message: Callable[[str, str], None],
+                 on_ping: Callable[[], None] = lambda: None):
+        # a short fallback for servers that keep the RFC's 9-character nicks
+        super().__init__(nick, fallback_nicknames=[f"{nick}_", f"tts{random.randint(10_000, 99_999)}"])
         self.channel = channel
         self.on_line = on_message
+        self.on_ping = on_ping
         self.joined = asyncio.Event()
         self.gone = asyncio.Event()
         self.reason = "connection closed"
@@ -79,9 +84,18 @@ class ChannelReader(pydle.featurize(pydle.features.RFC1459Support, pydle.feature
             self.reason = f"kicked by {by}"
             await self.disconnect(expected=False)
 
+    async def on_raw_ping(self, message) -> None:
+        await super().on_raw_ping(message)  # pydle answers PONG
+        self.on_ping()
+
     async def on_channel_message(self, target: str, by: str, message: str) -> None:
         if self.is_same_channel(target, self.channel):
             self.on_line(by, plain_text(message))
+
+    async def on_ctcp_action(self, by: str, target: str, contents: str) -> None:
+        # "/me waves" reads as the sender's line "waves"
+        if self.is_same_channel(target, self.channel) and contents:
+            self.on_line(by, plain_text(contents))
 
     async def on_data_error(self, exception: BaseException) -> None:
         # the server's ERROR line (e.g. "Server going down") is the reason; IrcBridge logs it once
@@ -105,6 +119,7 @@ class IrcBridge:
         self.nick = nick or anonymous_nick()
         self.backoff = backoff or Backoff(1.0, 60.0)
         self.joins = 0  # connections that reached the channel; tests wait on it growing
+        self.pings_answered = 0  # the server's keep-alives
         self._joined = asyncio.Condition()
 
     @property
@@ -113,6 +128,9 @@ class IrcBridge:
 
     def on_message(self, sender: str, text: str) -> None:
         self.sink.offer(ChatLine(sender, text))
+
+    def _pinged(self) -> None:
+        self.pings_answered += 1
 
     async def wait_joined(self, more_than: int = 0) -> int:
         """Wait until the bridge has joined the channel more than `more_than` times."""
@@ -124,7 +142,7 @@ class IrcBridge:
         """Read the channel until cancelled, reconnecting whenever the connection ends."""
         failing_since_logged = False
         while True:
-            reader = ChannelReader(self.nick, self.channel, self.on_message)
+            reader = ChannelReader(self.nick, self.channel, self.on_message, self._pinged)
             try:
                 await reader.connect(self.host, self.port, tls=self.tls, tls_verify=self.tls_verify,
                                      password=self.password)
