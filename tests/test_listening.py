@@ -168,7 +168,7 @@ async def test_off_decodes_nothing(registry, sentence):
 async def test_interrupt_mode_stops_the_speaker_and_clears_the_queue(registry, sentence):
     room = registry.get_or_create("talk")
     room.speaker.barge_in = barge("interrupt")
-    room.receive({"type": "synthesize", "id": "long", "text": LONG_TEXT}, "bot")
+    room.receive({"type": "synthesize", "id": "long", "text": LONG_TEXT, "voice": "espeak:en-us"}, "bot")
     room.receive({"type": "synthesize", "id": "next", "text": "Queued after it."}, "bot")
     await room.sink.wait("started", id="long")
     listener = Listening().listen(room, "alice")
@@ -185,7 +185,7 @@ async def test_interrupt_mode_stops_the_speaker_and_clears_the_queue(registry, s
 async def test_interrupt_without_clearing_the_queue(registry, sentence):
     room = registry.get_or_create("keep")
     room.speaker.barge_in = barge("interrupt", clear_queue=False)
-    room.receive({"type": "synthesize", "id": "long", "text": LONG_TEXT}, "bot")
+    room.receive({"type": "synthesize", "id": "long", "text": LONG_TEXT, "voice": "espeak:en-us"}, "bot")
     room.receive({"type": "synthesize", "id": "next", "text": "Queued after it."}, "bot")
     await room.sink.wait("started", id="long")
     feed(Listening().listen(room, "alice"), sentence)
@@ -286,7 +286,7 @@ async def test_livekit_audio_stream_frames_drive_the_listener(registry, sentence
 
     room = registry.get_or_create(f"lk{rate}")
     room.speaker.barge_in = barge("interrupt")
-    room.receive({"type": "synthesize", "id": "long", "text": LONG_TEXT}, "bot")
+    room.receive({"type": "synthesize", "id": "long", "text": LONG_TEXT, "voice": "espeak:en-us"}, "bot")
     await room.sink.wait("started", id="long")
     listener = Listening().listen(room, "alice")
 
