@@ -137,19 +137,21 @@ export class WhepSession {
     this.handlers.onClosed(reason);
   }
 
-  /** Leave: DELETE the session (keepalive, so it also works from pagehide) and close the peer. */
+  /** Leave: DELETE the session, then close the peer (closing first would make the agent reap the
+   * session and answer the DELETE with 404). keepalive: it also works from pagehide. */
   async close() {
     clearTimeout(this._disconnectTimer);
     this.closed = true;
     const loc = this.location;
     this.location = null;
-    if (this.pc) this.pc.close();
-    if (loc) {
-      try {
-        await fetch(loc, { method: "DELETE", headers: { Authorization: `Bearer ${this.token}` }, keepalive: true });
-      } catch {
-        // the agent also reaps sessions whose peer went away
-      }
+    const deleted = loc
+      ? fetch(loc, { method: "DELETE", headers: { Authorization: `Bearer ${this.token}` }, keepalive: true })
+      : null;
+    try {
+      if (deleted) await deleted;
+    } catch {
+      // the agent also reaps sessions whose peer went away
     }
+    if (this.pc) this.pc.close();
   }
 }
