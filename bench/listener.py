@@ -87,7 +87,7 @@ class Listener:
         await self.pc.close()
 
 
-async def connect_listeners(base_url: str, http: httpx.AsyncClient, rooms: list[str], token_for,
+async def connect_listeners(http: httpx.AsyncClient, rooms: list[str], token_for,
                             parallel: int = 8) -> list[Listener]:
     """One listener per room, `parallel` handshakes at a time (DTLS is CPU-heavy on both ends)."""
     gate = asyncio.Semaphore(parallel)

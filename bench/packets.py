@@ -13,6 +13,7 @@ import numpy as np
 SPEECH_FLOOR_DB = -55.0  # a 20 ms packet louder than this carries speech (Opus silence decodes ~-90 dB)
 LATE_S = 0.005  # the same 5 ms the agent uses for its own late-frame counter
 RTP_CLOCK = 48_000
+ON_TIME_PERCENTILE = 10
 
 
 def packet_levels_db(payloads: list[bytes]) -> np.ndarray:
@@ -50,12 +51,14 @@ def unwrap_rtp(timestamps: np.ndarray) -> np.ndarray:
 
 
 def arrival_lateness(arrivals: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
-    """How late each packet arrived (s) against the stream's own best case: the packet whose
-    arrival was earliest relative to its RTP timestamp defines 'on time'."""
+    """How late each packet arrived (s) against the stream's own best case. 'On time' is the
+    10th percentile of (arrival - RTP time), not the minimum: a server may send an utterance's
+    first frame ahead of its slot (ours does, for TTFA), and that one frame must not make
+    every later, punctual one look late."""
     if len(arrivals) == 0:
         return np.zeros(0)
     offset = np.asarray(arrivals, dtype=float) - unwrap_rtp(timestamps) / RTP_CLOCK
-    return offset - offset.min()
+    return offset - np.percentile(offset, ON_TIME_PERCENTILE)
 
 
 def missing_packets(timestamps: np.ndarray, frame_samples: int = 960) -> int:
