@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from agent import metrics
 from agent.protocol import ErrorCode, ProtocolError
 
 PROBLEM_JSON = "application/problem+json"
@@ -64,6 +65,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ProtocolError)
     async def _protocol(_: Request, exc: ProtocolError):
         status = PROTOCOL_STATUS.get(exc.code, 400)
+        metrics.ERRORS.labels(exc.code.value).inc()  # as Room.receive counts them for the data channel
         extra = {}
         field = _FIELD_OF.get(exc.code)
         if field is not None:

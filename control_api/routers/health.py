@@ -20,7 +20,8 @@ from ..problems import problem_response
 router = APIRouter(tags=["health"])
 
 PROBE_TEXT = "ok"
-PROBE_TIMEOUT_S = 3.0  # the default engine must give its first audio for PROBE_TEXT within this
+PROBE_TIMEOUT_S = 30.0  # an engine that gives no audio for PROBE_TEXT in this long is stuck
+PROBE_WAIT_S = 2.0  # /readyz answers within this; a probe still running (a cold model loading) is "not yet"
 PROBE_CACHE_S = 5.0  # a probe result is reused this long: /readyz polled every second costs ~nothing
 TICK_TIMEOUT_S = 0.5  # rooms waiting for frames: the frame clock must tick within this
 
@@ -71,13 +72,22 @@ async def engine_error(request: Request, agent: Agent) -> str | None:
     if time.monotonic() - probe.checked < PROBE_CACHE_S:
         return probe.error
     if probe.task is None or probe.task.done():
-        probe.task = asyncio.create_task(_probe_engine(agent), name="readyz-engine-probe")
-    task = probe.task
-    # shielded: a client that hangs up does not cancel the probe others are waiting on
-    error = await asyncio.shield(task)
-    if probe.task is task:
-        probe.error, probe.checked = error, time.monotonic()
-    return error
+        async def run() -> str | None:
+            # recorded by the task itself: a request arriving just after it ends sees the result
+            probe.error, probe.checked = await _probe_engine(agent), time.monotonic()
+            return probe.error
+
+        probe.task = asyncio.create_task(run(), name="readyz-engine-probe")
+    # shielded: neither a client that hangs up nor our wait running out cancels the probe
+    try:
+        return await asyncio.wait_for(asyncio.shield(probe.task), PROBE_WAIT_S)
+    except asyncio.TimeoutError:
+        return f"engine {_default_engine_name(agent)} has not answered yet (warming up?)"
+
+
+def _default_engine_name(agent: Agent) -> str:
+    voice = agent.voices.default_voice
+    return voice.engine if voice is not None else "?"
 
 
 async def clock_error(agent: Agent) -> str | None:
