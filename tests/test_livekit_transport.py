@@ -14,6 +14,7 @@ import json
 
 import numpy as np
 import pytest
+from livekit import api as lkapi
 from livekit import rtc
 from livekit.rtc._proto import participant_pb2
 
@@ -265,3 +266,164 @@ async def test_last_participant_leaving_closes_the_room_and_leaves(lk):
     await asyncio.wait_for(session.left.wait(), 5)  # grace 0: the room closes, the agent leaves
     assert transport.sessions == {} and transport.rooms.get("lobby") is None
     assert pub.events("interrupted")[0]["reason"] == "disconnect"  # flushed before leaving
+
+
+# -- control plane in LiveKit mode -------------------------------------------------------
+
+class LiveKitTwirpStandIn:
+    """Stands in for a LiveKit server's Twirp API (cannot run here): verifies each call's
+    token with livekit-api's TokenVerifier, records the decoded protobuf requests, answers."""
+
+    SERVICES = {
+        ("RoomService", "SendData"): lkapi.SendDataRequest,
+        ("RoomService", "ListRooms"): lkapi.ListRoomsRequest,
+        ("RoomService", "ListParticipants"): lkapi.ListParticipantsRequest,
+        ("AgentDispatchService", "CreateDispatch"): lkapi.CreateAgentDispatchRequest,
+    }
+
+    def __init__(self, key: str, secret: str):
+        self.api = lkapi
+        self.verifier = lkapi.TokenVerifier(key, secret)
+        self.calls: list[tuple[str, object, object]] = []  # (method, request, verified claims)
+        self.rooms: dict[str, int] = {"lobby": 2}
+
+    async def handle(self, request):
+        from aiohttp import web
+
+        service, method = request.match_info["service"].removeprefix("livekit."), request.match_info["method"]
+        req = self.SERVICES[(service, method)].FromString(await request.read())
+        try:
+            claims = self.verifier.verify(request.headers["Authorization"].removeprefix("Bearer "))
+        except Exception as exc:
+            return web.json_response({"code": "unauthenticated", "msg": str(exc)}, status=401)
+        self.calls.append((method, req, claims))
+        lk = self.api
+        if method == "SendData":
+            if req.room not in self.rooms:
+                return web.json_response({"code": "not_found", "msg": "requested room does not exist"}, status=404)
+            out = lk.SendDataResponse()
+        elif method == "ListRooms":
+            names = list(req.names) or list(self.rooms)
+            out = lk.ListRoomsResponse(rooms=[lk.Room(name=n, sid=f"RM_{n}", num_participants=self.rooms[n],
+                                                      creation_time=1700000000) for n in names if n in self.rooms])
+        elif method == "ListParticipants":
+            out = lk.ListParticipantsResponse(participants=[
+                lk.ParticipantInfo(identity="alice"),
+                lk.ParticipantInfo(identity="agent-1", kind=lk.ParticipantInfo.Kind.AGENT)])
+        else:
+            out = lk.AgentDispatch(id="AD_1", agent_name=req.agent_name, room=req.room, metadata=req.metadata)
+        return web.Response(body=out.SerializeToString(), content_type="application/protobuf")
+
+
+@pytest.fixture
+async def control_plane():
+    import httpx
+    from aiohttp import web
+    from fastapi import FastAPI
+
+    from agent.runtime import Agent
+    from control_api import problems
+    from control_api.limits import RateLimiter
+    from control_api.livekit_mode import livekit_router
+
+    stand_in = LiveKitTwirpStandIn("devkey", "secret")
+    web_app = web.Application()
+    web_app.router.add_post("/twirp/{service}/{method}", stand_in.handle)
+    runner = web.AppRunner(web_app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    settings = Settings(livekit_url=f"ws://127.0.0.1:{port}")
+    agent = Agent(settings, shared_engines())
+    app = FastAPI()
+    app.state.agent = agent
+    app.state.rate_limiter = RateLimiter(settings.rate_limit_per_min)
+    problems.install(app)
+    app.include_router(livekit_router(settings))
+    admin = {"Authorization": f"Bearer {agent.tokens.mint('ops', admin=True)}"}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://127.0.0.1") as http:
+        yield http, admin, stand_in, settings
+    await runner.cleanup()
+
+
+async def test_token_dispatches_the_agent_when_its_holder_joins(control_plane):
+    http, _, _, settings = control_plane
+    resp = await http.post("/v1/tokens", json={"room": "lobby", "identity": "alice"})
+    assert resp.status_code == 200 and resp.json()["url"] == settings.livekit_url
+    claims = lkapi.TokenVerifier("devkey", "secret").verify(resp.json()["token"])
+    assert claims.identity == "alice" and claims.video.room == "lobby" and claims.video.room_join
+    assert [(a.agent_name, a.metadata) for a in claims.room_config.agents] == [("tts-agent", "")]
+
+
+async def test_http_speak_reaches_the_room_through_send_data(control_plane):
+    http, admin, stand_in, _ = control_plane
+    resp = await http.post("/v1/rooms/lobby/speak", json={"text": "Over HTTP.", "priority": "high"}, headers=admin)
+    assert resp.status_code == 202, resp.text
+    (method, req, claims), = stand_in.calls
+    assert method == "SendData" and req.room == "lobby" and req.topic == TOPIC and req.kind == 0  # RELIABLE
+    assert claims.video.room_admin and claims.video.room == "lobby"
+    sent = json.loads(req.data)
+    assert sent["type"] == "synthesize" and sent["text"] == "Over HTTP." and sent["priority"] == "high"
+    assert sent["id"] == resp.json()["id"]
+    # what the worker's room does with exactly these bytes: the protocol parser accepts them
+    from agent.protocol import parse_command
+
+    assert parse_command(req.data, max_text_chars=100).text == "Over HTTP."
+
+    resp = await http.post("/v1/rooms/lobby/interrupt", json={}, headers=admin)
+    assert resp.status_code == 202 and json.loads(stand_in.calls[-1][1].data) == {"type": "interrupt"}
+
+
+async def test_bad_speak_is_refused_before_anything_is_sent(control_plane):
+    http, admin, stand_in, _ = control_plane
+    typo = await http.post("/v1/rooms/lobby/speak", json={"text": "x", "priorty": "high"}, headers=admin)
+    voice = await http.post("/v1/rooms/lobby/speak", json={"text": "x", "voice": "klingon"}, headers=admin)
+    missing = await http.post("/v1/rooms/nowhere/speak", json={"text": "x"}, headers=admin)
+    anonymous = await http.post("/v1/rooms/lobby/speak", json={"text": "x"})
+    assert (typo.status_code, typo.json()["code"]) == (422, "bad_message")
+    assert (voice.status_code, voice.json()["code"]) == (422, "unknown_voice")
+    assert (missing.status_code, missing.json()["code"]) == (404, "unknown_room")
+    assert anonymous.status_code == 401
+    assert [m for m, _, _ in stand_in.calls] == ["SendData"]  # only the one for the missing room
+
+
+async def test_explicit_dispatch_and_room_listing(control_plane):
+    http, admin, stand_in, _ = control_plane
+    resp = await http.post("/v1/rooms/lobby/agent", json={"metadata": "{\"voice\": \"zh\"}"}, headers=admin)
+    assert resp.status_code == 201 and resp.json() == {"dispatch_id": "AD_1", "room": "lobby", "agent_name": "tts-agent"}
+    method, req, claims = stand_in.calls[-1]
+    assert method == "CreateDispatch" and (req.room, req.agent_name, req.metadata) == ("lobby", "tts-agent", '{"voice": "zh"}')
+    assert claims.video.room_admin and claims.video.room == "lobby"
+    rooms = (await http.get("/v1/rooms", headers=admin)).json()
+    assert [(r["room"], r["num_participants"]) for r in rooms] == [("lobby", 2)]
+    detail = await http.get("/v1/rooms/lobby", headers=admin)
+    assert [p["kind"] for p in detail.json()["participants"]] == ["STANDARD", "AGENT"]
+    assert (await http.get("/v1/rooms/nowhere", headers=admin)).status_code == 404
+
+
+async def test_unreachable_livekit_is_503():
+    import httpx
+    from fastapi import FastAPI
+
+    from agent.runtime import Agent
+    from control_api import problems
+    from control_api.limits import RateLimiter
+    from control_api.livekit_mode import livekit_router
+
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens there now
+    settings = Settings(livekit_url=f"ws://127.0.0.1:{port}")
+    agent = Agent(settings, shared_engines())
+    app = FastAPI()
+    app.state.agent, app.state.rate_limiter = agent, RateLimiter(600)
+    problems.install(app)
+    app.include_router(livekit_router(settings))
+    admin = {"Authorization": f"Bearer {agent.tokens.mint('ops', admin=True)}"}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://127.0.0.1") as http:
+        resp = await http.get("/v1/rooms", headers=admin)
+    assert resp.status_code == 503 and "unreachable" in resp.json()["detail"]
