@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -28,6 +29,14 @@ class Agent:
         self.rooms = RoomRegistry(settings, self.voices)
         self.webrtc = WebRTCTransport(self.rooms, settings)
         self.started = time.time()
+        self._warming: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        """Load the default voice in the background so the first utterance does not pay for it."""
+        voice = self.voices.default_voice
+        warm = getattr(self.voices.engine_for(voice), "warm", None) if voice else None
+        if warm is not None:
+            self._warming = asyncio.get_running_loop().create_task(warm(voice), name="warm-default-voice")
 
     def speak(self, room: Room, body: dict, sender: str) -> tuple[str, str | None]:
         """The HTTP form of `synthesize`: (utterance id, dropped reason or None).
@@ -42,6 +51,8 @@ class Agent:
 
     async def close(self) -> None:
         self.rooms.draining = True
+        if self._warming is not None:
+            self._warming.cancel()
         await self.webrtc.close_all()
         await self.rooms.close_all()
         for engine in self.engines if self._owns_engines else ():

@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     voice: str | None = None  # default voice id or language tag; None: best English voice
     speed: float = Field(1.0, ge=0.5, le=2.0)
     voices_dir: list[Path] = Field(default_factory=list)
+    cache_mb: int = Field(64, ge=0, le=65536)  # PCM cache for repeated phrases; 0 disables it
     danmu: DanmuRules = Field(default_factory=DanmuRules)
     barge_in: BargeIn = Field(default_factory=BargeIn)
 

@@ -22,6 +22,7 @@ DEMO_DIR = Path(__file__).resolve().parent.parent / "web_demo"
 def create_app(agent: Agent) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        await agent.start()
         yield
         await agent.close()
 

@@ -53,7 +53,8 @@ class RunningAgent:
 
 
 async def start_agent(settings: Settings | None = None, engines=None) -> RunningAgent:
-    settings = settings or Settings()
+    # eSpeak NG by default: fast and deterministic; tests that want Piper name its voice
+    settings = settings or Settings(voice="espeak:en-us")
     agent = Agent(settings, engines if engines is not None else shared_engines())
     app = create_app(agent)
     sock = socket.socket()
