@@ -88,7 +88,7 @@ class Utterance:
         self.received = received  # perf_counter when the request arrived
         self.enqueued = enqueued
         self.buffer = PcmBuffer()
-        self.marks: deque[tuple[int, str]] = deque()  # (sample at 48 kHz, caption text)
+        self.marks: deque[tuple[int, str, str]] = deque()  # (sample at 48 kHz, kind, caption text)
         self.producer: asyncio.Task | None = None
         self.synth_done = False
         self.played = 0  # samples sent
@@ -365,7 +365,7 @@ class Speaker:
                         base = utt.buffer.written
                         for mark in chunk.marks:
                             if mark.kind == "sentence" or self.word_captions:
-                                utt.marks.append((base + resampler.to_output_samples(mark.sample), mark.text))
+                                utt.marks.append((base + resampler.to_output_samples(mark.sample), mark.kind, mark.text))
                         utt.buffer.write(resampler.push(chunk.pcm))
                         self._on_audio(utt)
                         while utt.buffer.available > AHEAD_SAMPLES:
@@ -422,8 +422,9 @@ class Speaker:
             self.output.emit(event("started", id=utt.id, ttfa_ms=round(ttfa_ms, 2)))
         end = utt.played + n
         while utt.marks and utt.marks[0][0] < end:
-            at, text = utt.marks.popleft()
-            self.output.emit(event("caption", id=utt.id, text=text, offset_ms=max(at, utt.played) * 1000 // SAMPLE_RATE))
+            at, kind, text = utt.marks.popleft()
+            self.output.emit(event("caption", id=utt.id, text=text, kind=kind,
+                                   offset_ms=max(at, utt.played) * 1000 // SAMPLE_RATE))
         utt.played = end
         if utt.waiting_space and buf.available <= AHEAD_SAMPLES:
             utt.waiting_space = False

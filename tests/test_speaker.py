@@ -110,6 +110,7 @@ async def test_captions_go_out_in_the_tick_of_their_first_frame_never_earlier():
     await s.play_until_idle()
     captions = s.of("caption", id="cap")
     assert [c["text"] for c in captions] == ["One two three.", "One", "two", "three.", "Four five.", "Four", "five."]
+    assert [c["kind"] for c in captions] == ["sentence", "word", "word", "word", "sentence", "word", "word"]
     first_tick = s.frames[0][0]
     for tick, ev in s.events:
         if ev["type"] != "caption":
