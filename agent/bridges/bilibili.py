@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from . import metrics
 from .backoff import Backoff
 from .lines import ChatLine
 from .sink import SpeakSink
@@ -66,6 +67,7 @@ class BilibiliChat(_Handler):
     async def _on_heartbeat(self, client, message) -> None:
         if self.heartbeats == 0:
             log.info("bilibili: connected to live room %s", client.room_id)
+            metrics.CONNECTIONS.labels("bilibili").inc()
         self.heartbeats += 1
 
     async def _on_danmaku(self, client, message) -> None:

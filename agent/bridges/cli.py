@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 
 from .lines import LineFilter
@@ -74,8 +75,11 @@ def _setup(args) -> None:
     from ..logs import setup_logging
 
     setup_logging(args.log_format, "INFO")
-    for noisy in ("pydle", "ChannelReader", "blivedm", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.INFO if args.verbose else logging.WARNING)
+    # the libraries' own logs are per message or per unknown numeric: only with --verbose
+    for noisy in ("pydle", "tts_agent.bridge.irc.pydle", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.INFO if args.verbose else logging.ERROR)
+    # blivedm logs its websocket reconnects (connection changes) as warnings: keep those
+    logging.getLogger("blivedm").setLevel(logging.INFO if args.verbose else logging.WARNING)
     if args.metrics_port is not None:
         from prometheus_client import start_http_server
 
@@ -86,11 +90,13 @@ async def _serve(source, sink: SpeakSink) -> int:
     """Run a chat source until it ends or the sink fails for good (the agent refused the token)."""
     reader = asyncio.create_task(source)
     worker = sink.start()
+    # SIGTERM (systemd, docker stop) ends the bridge like Ctrl-C: counts logged, connections closed
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, reader.cancel)
     try:
         await asyncio.wait({reader, worker}, return_when=asyncio.FIRST_COMPLETED)
         if worker.done() and not worker.cancelled() and worker.exception() is not None:
             raise worker.exception()
-        return reader.result() if reader.done() else 0
+        return reader.result() if reader.done() and not reader.cancelled() else 0
     finally:
         reader.cancel()
         await asyncio.gather(reader, return_exceptions=True)

@@ -16,11 +16,13 @@ from collections.abc import Callable
 
 import pydle
 
+from . import metrics
 from .backoff import Backoff
 from .lines import ChatLine
 from .sink import SpeakSink
 
 log = logging.getLogger("tts_agent.bridge.irc")
+PROTOCOL_LOG = logging.getLogger("tts_agent.bridge.irc.pydle")  # pydle's own chatter: unknown numerics, ...
 
 REGISTRATION_TIMEOUT_S = 30.0
 # mIRC formatting: bold, italic, underline, reverse, reset, monospace, strike; colours with their digits
@@ -70,6 +72,11 @@ class ChannelReader(pydle.MinimalClient):
         self.joined = asyncio.Event()
         self.gone = asyncio.Event()
         self.reason = "connection closed"
+
+    async def connect(self, *args, **kwargs) -> None:
+        await super().connect(*args, **kwargs)
+        # pydle names its logger after the server; one fixed name lets the CLI quiet it
+        self.logger = PROTOCOL_LOG
 
     async def on_connect(self) -> None:
         await super().on_connect()
@@ -168,6 +175,7 @@ class IrcBridge:
             failing_since_logged = False
             self.backoff.reset()
             log.info("irc: connected to %s as %s", self.where, reader.nickname)
+            metrics.CONNECTIONS.labels(self.sink.bridge).inc()
             async with self._joined:
                 self.joins += 1
                 self._joined.notify_all()
