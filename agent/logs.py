@@ -1,4 +1,8 @@
-"""Logging setup: human text, or one JSON object per line (`--log-format json`)."""
+"""Logging setup: human text, or one JSON object per line (`--log-format json`).
+
+Context goes in with `extra=` (room, utterance, peer, …) and comes out as fields (JSON) or
+`key=value` pairs (text). Nothing in the agent logs per audio frame.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,13 @@ import time
 
 # LogRecord attributes that are not context the caller added with `extra=`
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+# extras that are presentation, not context (uvicorn's ANSI-coloured copy of the message)
+_IGNORED = {"color_message"}
+
+
+def context(record: logging.LogRecord) -> dict:
+    return {k: v for k, v in vars(record).items()
+            if k not in _STANDARD and k not in _IGNORED and not k.startswith("_")}
 
 
 class JsonFormatter(logging.Formatter):
@@ -18,22 +29,36 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
-                out[key] = value
+        out.update(context(record))
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            out["stack"] = self.formatStack(record.stack_info)
         return json.dumps(out, default=str, ensure_ascii=False)
 
 
+class TextFormatter(logging.Formatter):
+    """The usual text line, with the `extra=` context appended as key=value."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        ctx = context(record)
+        if not ctx:
+            return line
+        head, sep, tail = line.partition("\n")  # keep a traceback below the context
+        return head + " " + " ".join(f"{k}={v}" for k, v in ctx.items()) + sep + tail
+
+
 def setup_logging(fmt: str = "text", level: str = "INFO") -> None:
+    """Log to stderr through the root logger. Servers started afterwards must not install their
+    own handlers (uvicorn: `log_config=None`), so their lines come out in the same format."""
     handler = logging.StreamHandler()
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("aioice", "aiortc"):
+    for noisy in ("aioice", "aiortc"):  # they log per packet at DEBUG
         logging.getLogger(noisy).setLevel(logging.WARNING)
