@@ -34,8 +34,9 @@ def _spoken_in_order(client) -> list[str]:
     """The text of each utterance that started, in the order it started (from its captions)."""
     out = []
     for started in client.events_of("started"):
-        words = [c["text"] for c in client.events_of("caption") if c["id"] == started["id"]]
-        out.append(" ".join(words))
+        sentences = [c["text"] for c in client.events_of("caption")
+                     if c["id"] == started["id"] and c.get("kind") == "sentence"]
+        out.append(" ".join(sentences))
     return out
 
 

@@ -138,7 +138,8 @@ async def until(condition, timeout: float = 30) -> None:
 
 
 def spoken_text(client, uid: str) -> str:
-    return " ".join(c["text"] for c in client.events_of("caption") if c["id"] == uid)
+    """The sentence captions of an utterance: the text as the room spoke it, template applied."""
+    return " ".join(c["text"] for c in client.events_of("caption") if c["id"] == uid and c.get("kind") == "sentence")
 
 
 @pytest.fixture
