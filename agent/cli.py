@@ -57,7 +57,7 @@ def cmd_serve(args) -> int:
     print(f"tts-agent: default voice {agent.voices.default_voice.id if agent.voices.default_voice else 'none'}",
           flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
-                access_log=False, timeout_graceful_shutdown=5)
+                access_log=False, timeout_graceful_shutdown=5, log_config=None)
     return 0
 
 

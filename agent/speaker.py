@@ -380,7 +380,7 @@ class Speaker:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # an engine failing must not take the room down
-            log.warning("synthesis failed in room %s utterance %s: %s", self.room, utt.id, exc)
+            log.warning("synthesis failed: %s", exc, extra={"room": self.room, "utterance": utt.id})
             utt.error = str(exc)
             metrics.ERRORS.labels(ErrorCode.engine_error.value).inc()
             self.output.emit(event("error", id=utt.id, code=ErrorCode.engine_error.value, message=str(exc)))

@@ -212,8 +212,6 @@ def test_text_formatter_appends_context():
     assert TextFormatter().format(record).endswith("agent.rooms: room opened room=lobby")
 
 
-@pytest.mark.xfail(strict=True, reason="needs `log_config=None` in uvicorn.run of agent/cli.py (uvicorn "
-                                       "installs its own text handlers otherwise)")
 def test_serve_with_json_logs_writes_only_json_lines():
     proc = subprocess.Popen([sys.executable, "-m", "agent", "serve", "--port", "0", "--voice", VOICE,
                              "--log-format", "json"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

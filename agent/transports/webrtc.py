@@ -252,6 +252,7 @@ class WebRTCTransport:
         if session.listen_task is not None:
             session.listen_task.cancel()
         session.room.remove_peer(session.peer_id, self.rooms.close_room)
+        log.info("peer left", extra={"room": session.room.name, "peer": session.peer_id})
         await session.pc.close()
         return True
 
