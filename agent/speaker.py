@@ -390,7 +390,8 @@ class Speaker:
             self._on_audio(utt)
 
     def _on_audio(self, utt: Utterance) -> None:
-        if utt is self.current and (utt.buffer.available >= FRAME_SAMPLES or utt.synth_done):
+        # Only the first frame is pulled early (TTFA); once playing, the clock paces the rest.
+        if utt is self.current and not utt.started and (utt.buffer.available >= FRAME_SAMPLES or utt.synth_done):
             self.output.pull_now()
 
     # -- playout -------------------------------------------------------------------------

@@ -107,8 +107,12 @@ class ServerProcess:
         self.stop()
 
 
-def our_agent(cpus: str | None = None) -> ServerProcess:
-    return ServerProcess(["-m", "agent", "serve", "--log-level", "WARNING"], name="tts-agent", cpus=cpus)
+BENCH_VOICE = "espeak:en-us"  # the engine the Pipecat peer wraps too, so only the framework differs
+
+
+def our_agent(cpus: str | None = None, voice: str = BENCH_VOICE) -> ServerProcess:
+    return ServerProcess(["-m", "agent", "serve", "--log-level", "WARNING", "--voice", voice],
+                         name="tts-agent", cpus=cpus)
 
 
 def _results_dir() -> Path:
