@@ -180,46 +180,12 @@ class Outbox:
             await asyncio.gather(self._task, return_exceptions=True)
 
 
-_SENTENCE_END = tuple(".!?…。！？")
-
-
-class TranscriptionSegmenter:
-    """Which `caption` events start a sentence (published as a transcription segment).
-
-    Engines with word timing give a sentence caption followed by its words; the caption
-    event does not say which is which, so a caption counts as a word when it is a single
-    token found further on in the current sentence. (A `kind` field on the caption event
-    would make this exact; see the transport's notes.)"""
-
-    def __init__(self) -> None:
-        self._sentence: dict[str, tuple[str, int]] = {}  # utterance id -> (sentence, cursor)
-
-    def sentence(self, uid: str, text: str) -> bool:
-        current = self._sentence.get(uid)
-        if current is not None and _is_word(text):
-            sentence, cursor = current
-            at = sentence.find(text, cursor)
-            if at >= 0:
-                self._sentence[uid] = (sentence, at + len(text))
-                return False
-        self._sentence[uid] = (text, 0)
-        return True
-
-    def end(self, uid: str) -> None:
-        self._sentence.pop(uid, None)
-
-
-def _is_word(text: str) -> bool:
-    return bool(text) and not any(c.isspace() for c in text) and not text.endswith(_SENTENCE_END)
-
-
 class LiveKitRoomSink:
     """A room's frames into the AudioSource, its events as data packets and transcriptions."""
 
     def __init__(self, room: Room, session: "LiveKitSession"):
         self.room = room
         self.session = session
-        self.segments = TranscriptionSegmenter()
         self.closed = False
 
     def send_frame(self, pcm: np.ndarray, slot: int) -> None:
@@ -232,10 +198,10 @@ class LiveKitRoomSink:
             # Only the playing utterance has played_ms > 0; its faded last frame follows
             # this event (Speaker._cut), so everything queued before it is stale.
             self.session.audio.discard()
-        elif kind == "caption" and self.segments.sentence(ev["id"], ev["text"]):
+        elif kind == "caption" and ev.get("kind") == "sentence":
+            # one transcription segment per sentence, as it starts playing; word captions
+            # stay protocol events (LiveKit UIs render whole segments)
             self.session.publish_transcription(ev["text"])
-        if kind in ("finished", "interrupted"):
-            self.segments.end(ev.get("id", ""))
         self.session.publish_event(data.encode(), to)
 
     def close(self) -> None:
