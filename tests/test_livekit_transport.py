@@ -423,3 +423,102 @@ async def test_unreachable_livekit_is_503():
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://127.0.0.1") as http:
         resp = await http.get("/v1/rooms", headers=admin)
     assert resp.status_code == 503 and "unreachable" in resp.json()["detail"]
+
+
+# -- worker: LiveKit agent dispatch --------------------------------------------------------
+
+async def test_worker_registers_takes_a_job_reports_load_and_drains():
+    """The worker side of LiveKit's agent protocol against a stand-in for the server's
+    `/agent` WebSocket (no LiveKit server runs here): real protobuf messages both ways."""
+    from aiohttp import web
+    from livekit.protocol import agent as agent_pb
+
+    from agent.transports.livekit_cli import DispatchWorker
+
+    got: asyncio.Queue = asyncio.Queue()
+    to_worker: asyncio.Queue = asyncio.Queue()
+    auth: list[str] = []
+
+    async def agent_endpoint(request):
+        auth.append(request.headers["Authorization"].removeprefix("Bearer "))
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+
+        async def pump_out():
+            while True:
+                await ws.send_bytes((await to_worker.get()).SerializeToString())
+
+        out = asyncio.create_task(pump_out())
+        async for frame in ws:
+            await got.put(agent_pb.WorkerMessage.FromString(frame.data))
+        out.cancel()
+        return ws
+
+    web_app = web.Application()
+    web_app.router.add_get("/agent", agent_endpoint)
+    runner = web.AppRunner(web_app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"ws://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+
+    async def next_of(kind: str) -> agent_pb.WorkerMessage:
+        while True:
+            msg = await asyncio.wait_for(got.get(), 10)
+            if msg.WhichOneof("message") == kind:
+                return msg
+
+    settings = Settings(room_grace_s=0, voice="espeak:en-us", max_rooms=4)
+    registry = RoomRegistry(settings, VoiceRegistry(shared_engines(), settings.voice))
+    joins: list[tuple[str, str]] = []
+
+    async def connect(room, join_url, token):  # the rtc connection needs a server: record it
+        joins.append((join_url, token))
+
+    transport = LiveKitTransport(registry, connect=connect, publisher_factory=CapturedPublisher)
+    worker = DispatchWorker(transport, url, "devkey", "secret", agent_name="reader")
+    run = asyncio.create_task(worker.run())
+    try:
+        reg = await next_of("register")
+        assert (reg.register.agent_name, reg.register.type) == ("reader", agent_pb.JobType.JT_ROOM)
+        assert reg.register.allowed_permissions.agent and reg.register.allowed_permissions.can_publish_data
+        assert lkapi.TokenVerifier("devkey", "secret").verify(auth[0]).video.agent
+        await to_worker.put(agent_pb.ServerMessage(register=agent_pb.RegisterWorkerResponse(worker_id="W1")))
+        job = agent_pb.Job(id="J1", agent_name="reader", room=lkapi.Room(name="stage"))
+        await to_worker.put(agent_pb.ServerMessage(availability=agent_pb.AvailabilityRequest(job=job)))
+        answer = (await next_of("availability")).availability
+        assert answer.job_id == "J1" and answer.available and answer.participant_identity.startswith("reader-")
+        await to_worker.put(agent_pb.ServerMessage(assignment=agent_pb.JobAssignment(job=job, token="JOIN-TOKEN")))
+        running = (await next_of("update_job")).update_job
+        assert (running.job_id, running.status) == ("J1", agent_pb.JobStatus.JS_RUNNING)
+        assert joins == [(url, "JOIN-TOKEN")] and "stage" in transport.sessions
+        load = (await next_of("update_worker")).update_worker
+        while load.job_count != 1:
+            load = (await next_of("update_worker")).update_worker
+        assert load.load == pytest.approx(1 / 4) and load.status == agent_pb.WorkerStatus.WS_AVAILABLE
+
+        await worker.drain(timeout=5)  # what SIGTERM does
+        await asyncio.wait_for(run, 5)  # the registration closes cleanly
+        after: list = []
+        while not got.empty():
+            after.append(got.get_nowait())
+        kinds = [m.WhichOneof("message") for m in after]
+        statuses = [m.update_worker.status for m in after if m.HasField("update_worker")]
+        # once draining it only ever says full, and the job ends before the socket closes
+        assert agent_pb.WorkerStatus.WS_FULL in statuses
+        assert agent_pb.WorkerStatus.WS_AVAILABLE not in statuses[statuses.index(agent_pb.WorkerStatus.WS_FULL):]
+        done = after[kinds.index("update_job")].update_job
+        assert (done.job_id, done.status) == ("J1", agent_pb.JobStatus.JS_SUCCESS)
+        assert transport.sessions == {}
+    finally:
+        run.cancel()
+        await runner.cleanup()
+
+
+def test_cli_has_worker_and_join():
+    from agent.cli import build_parser
+
+    args = build_parser().parse_args(["worker", "--url", "ws://127.0.0.1:7880", "--api-key", "k", "--api-secret", "s"])
+    assert (args.command, args.agent_name) == ("worker", "tts-agent")
+    args = build_parser().parse_args(["join", "--room", "stage", "--url", "ws://x", "--api-key", "k", "--api-secret", "s"])
+    assert (args.command, args.room) == ("join", "stage")
