@@ -56,6 +56,10 @@ def cmd_serve(args) -> int:
         print(f"tts-agent: dev mode, API key {DEV_KEY} / secret {DEV_SECRET} (loopback only)", flush=True)
     print(f"tts-agent: default voice {agent.voices.default_voice.id if agent.voices.default_voice else 'none'}",
           flush=True)
+    import signal
+
+    # uvicorn re-raises the SIGTERM it caught once its graceful shutdown is done: exit 0 instead
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
                 access_log=False, timeout_graceful_shutdown=5, log_config=None)
     return 0

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 64 * 1024
+MAX_DEPTH = 32  # no valid message nests deeper; echoing deeper values (ping's t) could not be encoded back
 
 
 class ErrorCode(str, Enum):
@@ -63,7 +64,7 @@ class BargeIn(_Message):
 
 
 UtteranceId = Annotated[str, Field(min_length=1, max_length=128)]
-Speed = Annotated[float, Field(ge=0.5, le=2.0, strict=False)]
+Speed = Annotated[float, Field(ge=0.5, le=2.0)]  # strict: JSON integers pass, "1.5" and true do not
 VoiceRef = Annotated[str, Field(min_length=1, max_length=128)]
 
 
@@ -115,19 +116,35 @@ def _describe(err: ValidationError) -> str:
     return f"{where}: {first['msg']}" if where else first["msg"]
 
 
+def _deeper_than(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return False
+
+
 def parse_command(raw: str | bytes | dict, *, max_text_chars: int) -> Command:
     """Validate one client message; raise ProtocolError with the protocol's code."""
     if isinstance(raw, (str, bytes)):
-        if len(raw) > MAX_MESSAGE_BYTES:
+        size = len(raw) if isinstance(raw, bytes) else len(raw.encode("utf-8", "surrogatepass"))
+        if size > MAX_MESSAGE_BYTES:
             raise ProtocolError(ErrorCode.bad_message, f"message larger than {MAX_MESSAGE_BYTES} bytes")
         try:
             data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nesting past json's limit
             raise ProtocolError(ErrorCode.bad_message, f"not JSON: {exc}") from None
     else:
         data = raw
     if not isinstance(data, dict):
         raise ProtocolError(ErrorCode.bad_message, "a message is a JSON object")
+    if _deeper_than(data, MAX_DEPTH):
+        raise ProtocolError(ErrorCode.bad_message, f"a message nests at most {MAX_DEPTH} levels deep")
     msg_id = data.get("id") if isinstance(data.get("id"), str) else None
     if "type" not in data:
         raise ProtocolError(ErrorCode.bad_message, "missing field 'type'", msg_id)

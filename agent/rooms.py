@@ -75,6 +75,10 @@ class Room:
         except ProtocolError as err:
             metrics.ERRORS.labels(err.code.value).inc()
             return error_event(err)
+        except Exception:  # a bug must cost one error reply, not the sender's connection
+            log.exception("message handling failed", extra={"room": self.name, "peer": sender})
+            metrics.ERRORS.labels(ErrorCode.bad_message.value).inc()
+            return error_event(ProtocolError(ErrorCode.bad_message, "the message could not be handled"))
 
     def ready_event(self) -> dict:
         return event("ready", protocol=PROTOCOL_VERSION, room=self.name, voice=self.speaker.voice.id,

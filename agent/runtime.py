@@ -69,6 +69,8 @@ class Agent:
         self.rooms.draining = True
         if self._warming is not None:
             self._warming.cancel()
+        for room in list(self.rooms.rooms.values()):  # rooms first: peers hear `interrupted` while channels are open
+            self.rooms.close_room(room, "disconnect")
         await self.webrtc.close_all()
         await self.rooms.close_all()
         for engine in self.engines if self._owns_engines else ():

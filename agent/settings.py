@@ -49,6 +49,7 @@ class Settings(BaseSettings):
 
     max_text_chars: int = Field(5000, ge=1, le=1_000_000)
     max_body_bytes: int = Field(256 * 1024, ge=1024)
+    body_timeout_s: float = Field(10.0, gt=0)  # a request body must arrive within this
     max_rooms: int = Field(500, ge=1)
     max_peers_per_room: int = Field(50, ge=1)
     room_grace_s: float = Field(30.0, ge=0)

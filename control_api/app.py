@@ -13,7 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from agent.runtime import Agent
 
 from . import problems
-from .limits import BodyLimit, RateLimiter
+from .limits import BodyLimit, BodyTimeout, RateLimiter
 from .routers import health, rooms, synthesize, tokens, voices, whep
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / "web_demo"
@@ -46,6 +46,7 @@ def create_app(agent: Agent) -> FastAPI:
         expose_headers=["Location", "ETag", "Retry-After", "Content-Disposition"],
     )
     app.add_middleware(BodyLimit, max_bytes=agent.settings.max_body_bytes)
+    app.add_middleware(BodyTimeout, timeout_s=agent.settings.body_timeout_s)  # slowloris bodies: 408
     return app
 
 

@@ -1,7 +1,8 @@
-"""Request body caps (413) and per-client rate limits (429 with Retry-After)."""
+"""Request body caps (413), body-read deadlines (408) and per-client rate limits (429 with Retry-After)."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 
@@ -59,6 +60,54 @@ class _TooLarge(HTTPException):
 
     def __init__(self, max_bytes: int) -> None:
         super().__init__(413, f"request body larger than {max_bytes} bytes")
+
+
+class BodyTimeout:
+    """ASGI middleware: the whole request body must arrive within `timeout_s` (slowloris)."""
+
+    def __init__(self, app, timeout_s: float):
+        self.app = app
+        self.timeout_s = timeout_s
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        body_done = False
+        started = False
+
+        async def timed_receive():
+            nonlocal body_done
+            if body_done:  # after the body only http.disconnect comes: wait as long as it takes
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                raise _BodyTimeout(self.timeout_s) from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, timed_receive, tracking_send)
+        except _BodyTimeout:
+            if not started:
+                await problem_response(408, f"request body not received within {self.timeout_s:g} s",
+                                       headers={"Connection": "close"})(scope, receive, send)
+
+
+class _BodyTimeout(HTTPException):
+    """An HTTPException, like _TooLarge: FastAPI turns other errors met reading a body into 400."""
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(408, f"request body not received within {timeout_s:g} s", headers={"Connection": "close"})
 
 
 class RateLimiter:

@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from agent import metrics
 from agent.protocol import ErrorCode, ProtocolError
@@ -32,7 +33,7 @@ PROTOCOL_STATUS = {
     ErrorCode.unauthorized: 403,
 }
 
-TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+TITLES = {400: "Bad Request", 401: "Unauthorized", 408: "Request Timeout", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
           409: "Conflict", 413: "Content Too Large", 415: "Unsupported Media Type", 422: "Unprocessable Content",
           429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable"}
 
@@ -90,6 +91,11 @@ def install(app: FastAPI) -> None:
         elif exc.status_code == 405 and detail == "Method Not Allowed":
             detail = f"{request.method} is not allowed on {request.url.path}"
         return problem_response(exc.status_code, detail, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(_: Request, exc: ClientDisconnect):
+        # the client left mid-body: nobody reads this answer, and it is not our error to log
+        return problem_response(400, "the client disconnected before sending the whole body")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):

@@ -28,6 +28,8 @@ from ..settings import Settings, is_loopback
 log = logging.getLogger(__name__)
 
 DATA_CHANNEL_LABEL = "tts"
+ICE_CONNECT_S = 15.0  # a session whose peer never connects is reaped after this
+CONSENT_INTERVAL_S = 2  # aioice checks consent this often and gives up after 6 misses: ~15 s
 MAX_MEDIA_SECTIONS = 8
 _TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
 
@@ -44,6 +46,9 @@ def use_ice_addresses(addresses: list[str]) -> None:
 
 
 def configure_ice(settings: Settings) -> None:
+    # A peer that vanishes without a DTLS close is found by ICE consent checks; aioice's
+    # default (every 5 s, 6 misses) keeps its session ~30 s. Process-wide like the addresses.
+    aioice.ice.CONSENT_INTERVAL = CONSENT_INTERVAL_S
     if settings.ice_addresses:
         use_ice_addresses(settings.ice_addresses)
     elif is_loopback(settings.host):
@@ -145,6 +150,7 @@ class WhepSession:
     can_publish: bool
     track: PacketTrack | None = None
     listen_task: asyncio.Task | None = None
+    connect_deadline: asyncio.TimerHandle | None = None
     closed: bool = False
     tasks: set = field(default_factory=set)
 
@@ -159,6 +165,8 @@ def check_offer(sdp: str) -> None:
         raise OfferError(f"the offer has {len(sections)} media sections, at most {MAX_MEDIA_SECTIONS} allowed")
     if "audio" not in sections and "application" not in sections:
         raise OfferError("the offer has neither audio nor a data channel")
+    if not re.search(r"^a=fingerprint:", sdp, flags=re.M):
+        raise OfferError("the offer has no DTLS fingerprint (a=fingerprint)")
 
 
 def _opus_only() -> list:
@@ -193,7 +201,16 @@ class WebRTCTransport:
             if isinstance(exc, (OfferError, RoomLimit)):
                 raise
             raise OfferError(f"cannot answer this offer: {exc}") from None
+        session.connect_deadline = asyncio.get_running_loop().call_later(
+            ICE_CONNECT_S, lambda: self._expire_unconnected(session))
         return session
+
+    def _expire_unconnected(self, session: WhepSession) -> None:
+        if not session.closed and session.pc.connectionState != "connected":
+            log.info("peer never connected", extra={"room": session.room.name, "peer": session.peer_id})
+            task = asyncio.ensure_future(self.end(session.id))
+            session.tasks.add(task)
+            task.add_done_callback(session.tasks.discard)
 
     async def _negotiate(self, session: WhepSession, offer_sdp: str) -> None:
         pc = session.pc
@@ -243,6 +260,8 @@ class WebRTCTransport:
         if session is None or session.closed:
             return False
         session.closed = True
+        if session.connect_deadline is not None:
+            session.connect_deadline.cancel()
         sink = session.room.sink
         if isinstance(sink, OpusRoomSink):
             sink.tracks.pop(session.peer_id, None)

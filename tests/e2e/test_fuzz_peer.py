@@ -121,9 +121,6 @@ async def test_invalid_utf8_in_a_text_message_ends_only_the_senders_session(agen
         await stranger.close()
 
 
-@pytest.mark.xfail(strict=True, raises=asyncio.TimeoutError,
-                   reason="parse_command lets RecursionError escape; raised in the data channel handler it kills "
-                          "the sender's DTLS loop (fix: catch RecursionError in agent/protocol.py)")
 async def test_deeply_nested_json_gets_an_error_and_the_session_lives(agent):
     stranger = await agent.client("deep", "stranger")
     try:

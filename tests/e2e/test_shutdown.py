@@ -101,8 +101,6 @@ async def test_sigterm_closes_peer_sessions_and_stops_taking_peers(served):
         await c.close()
 
 
-@pytest.mark.xfail(strict=True, reason="uvicorn (>= 0.29) re-raises the SIGTERM it captured once its graceful "
-                                       "shutdown is done, so the process dies of the signal (-15); fix in agent/cli.py")
 async def test_sigterm_exits_0(served):
     proc, base = served
     c, _, code, output = await sigterm_while_speaking(proc, base)
@@ -110,9 +108,6 @@ async def test_sigterm_exits_0(served):
     assert code == 0, output
 
 
-@pytest.mark.xfail(strict=True, raises=asyncio.TimeoutError,
-                   reason="Agent.close ends WebRTC sessions (dropping their data channels) before it closes the "
-                          "rooms, so the rooms' `interrupted` events reach no one; fix in agent/runtime.py")
 async def test_sigterm_tells_the_peer_its_utterance_was_interrupted(served):
     proc, base = served
     c, closed, _, _ = await sigterm_while_speaking(proc, base)
