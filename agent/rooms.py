@@ -32,6 +32,9 @@ class RoomSink(Protocol):
     def send_event(self, data: str, to: str | None) -> None:
         """A JSON event for one client (`to`) or for all (None)."""
 
+    def discard_buffered(self) -> None:
+        """Drop audio queued downstream and not yet played (an interrupt); may do nothing."""
+
     def close(self) -> None: ...
 
 
@@ -104,6 +107,9 @@ class Room:
         target = max(slot, self.last_slot + 1)
         if target <= slot + 1:
             self._send(target)
+
+    def discard_buffered(self) -> None:
+        self.sink.discard_buffered()
 
     def on_tick(self, slot: int) -> None:
         if slot > self.last_slot:

@@ -64,6 +64,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     livekit_url: str | None = None  # LiveKit mode: the server's ws(s):// URL
+    livekit_agent_name: str = "tts-agent"  # the name LiveKit dispatches workers by
 
     @field_validator("voices_dir", mode="before")
     @classmethod

@@ -66,6 +66,9 @@ class SpeakerOutput(Protocol):
     def pull_now(self) -> None:
         """The Speaker has a frame that should leave now (first audio, or a fade)."""
 
+    def discard_buffered(self) -> None:
+        """The playing utterance was cut: audio handed on but not yet played is stale."""
+
 
 class Utterance:
     __slots__ = (
@@ -292,6 +295,7 @@ class Speaker:
             utt.producer.cancel()
         if utt is self.current:
             if utt.started:
+                self.output.discard_buffered()
                 fade = np.zeros(FRAME_SAMPLES, np.int16)
                 n = utt.buffer.read_into(fade)
                 if n:
@@ -350,7 +354,10 @@ class Speaker:
                     while True:
                         t0 = time.perf_counter()
                         try:
-                            chunk = await asyncio.wait_for(anext(stream), SYNTH_STALL_S)
+                            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel
+                            # that lands with a chunk, leaving a cut utterance's producer waiting
+                            async with asyncio.timeout(SYNTH_STALL_S):
+                                chunk = await anext(stream)
                         except StopAsyncIteration:
                             break
                         except asyncio.TimeoutError:

@@ -13,6 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from agent.runtime import Agent
 
 from . import problems
+from .livekit_mode import livekit_router
 from .limits import BodyLimit, BodyTimeout, RateLimiter
 from .routers import health, rooms, synthesize, tokens, voices, whep
 
@@ -35,7 +36,13 @@ def create_app(agent: Agent) -> FastAPI:
     app.state.agent = agent
     app.state.rate_limiter = RateLimiter(agent.settings.rate_limit_per_min)
     problems.install(app)
-    for router in (tokens.router, voices.router, rooms.router, whep.router, synthesize.router, health.router):
+    routers = [voices.router, whep.router, synthesize.router, health.router]
+    if agent.settings.livekit_url:
+        # tokens dispatch the agent; rooms, speak and interrupt go through the LiveKit server
+        routers.insert(0, livekit_router(agent.settings, agent.settings.livekit_agent_name))
+    else:
+        routers[:0] = [tokens.router, rooms.router]
+    for router in routers:
         app.include_router(router)
     _mount_demo(app)
     app.add_middleware(

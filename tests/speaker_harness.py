@@ -69,6 +69,7 @@ class Stage:
     frames: list[tuple[int, np.ndarray]] = field(default_factory=list)
     tick_no: int = 0
     pulls: int = 0
+    discards: int = 0
 
     def __post_init__(self):
         self.voices = VoiceRegistry([self.engine])
@@ -80,6 +81,9 @@ class Stage:
 
     def pull_now(self) -> None:
         self.pulls += 1
+
+    def discard_buffered(self) -> None:
+        self.discards += 1
 
     # driving
     def send(self, message: dict | str, sender: str = "tester") -> dict | None:

@@ -71,6 +71,9 @@ class RecordingSink:
     def send_event(self, data: str, to: str | None) -> None:
         self.events.append((json.loads(data), to))
 
+    def discard_buffered(self) -> None:
+        pass
+
     def close(self) -> None:
         self.closed = True
 

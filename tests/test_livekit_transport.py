@@ -222,8 +222,7 @@ async def test_clear_queue_drops_audio_not_yet_played(lk):
     fresh = np.full(960, 2222, np.int16)
     for _ in range(3):  # 60 ms: the source's whole queue
         await session.source.capture_frame(_frame(stale))
-    session.room.sink.send_event(json.dumps({"type": "interrupted", "id": "x", "played_ms": 60, "reason": "interrupt"}),
-                                 None)
+    session.room.sink.discard_buffered()  # what Speaker._cut does before the faded frame
     session.room.sink.send_frame(fresh, 0)
     await listener.until(lambda chunks: sum(1 for c in chunks if (c == 2222).any()) >= 2)
     got = await listener.close()

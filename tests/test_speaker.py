@@ -50,6 +50,7 @@ async def test_interrupt_fades_monotonically_then_nothing_of_the_utterance():
     pulls = s.pulls
     s.send({"type": "interrupt"})
     assert s.pulls == pulls + 1, "the fade must be asked to leave now, not at the next tick"
+    assert s.discards == 1, "audio queued downstream of the room is stale once cut"
     fade = s.tick()
     # the ramp: peak per 1 ms window falls monotonically to zero, the rest is silence
     windows = np.abs(fade[:FADE_SAMPLES].astype(np.int32)).reshape(-1, 48).max(axis=1)

@@ -191,14 +191,13 @@ class LiveKitRoomSink:
     def send_frame(self, pcm: np.ndarray, slot: int) -> None:
         self.session.audio.push(pcm)
 
+    def discard_buffered(self) -> None:
+        # called before the cut utterance's faded last frame is pushed: what is queued is stale
+        self.session.audio.discard()
+
     def send_event(self, data: str, to: str | None) -> None:
         ev = json.loads(data)  # events are few (per utterance, per caption): not the audio path
-        kind = ev.get("type")
-        if kind == "interrupted" and ev.get("played_ms", 0) > 0:
-            # Only the playing utterance has played_ms > 0; its faded last frame follows
-            # this event (Speaker._cut), so everything queued before it is stale.
-            self.session.audio.discard()
-        elif kind == "caption" and ev.get("kind") == "sentence":
+        if ev.get("type") == "caption" and ev.get("kind") == "sentence":
             # one transcription segment per sentence, as it starts playing; word captions
             # stay protocol events (LiveKit UIs render whole segments)
             self.session.publish_transcription(ev["text"])

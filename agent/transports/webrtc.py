@@ -116,6 +116,9 @@ class OpusRoomSink:
             for track in self.tracks.values():
                 track.push(packet)
 
+    def discard_buffered(self) -> None:
+        pass  # packets go straight to the peers' senders; nothing waits downstream
+
     def send_event(self, data: str, to: str | None) -> None:
         if to is None:
             for channel in self.channels.values():
