@@ -13,6 +13,7 @@ state; a LiveKit transport can also skip subscribing while `listener.active` is 
 from __future__ import annotations
 
 import asyncio
+import fractions
 import logging
 import time
 import weakref
@@ -36,6 +37,35 @@ HANGOVER_MS = 480  # this much non-speech ends a turn: short pauses between word
 NEG_THRESHOLD_GAP = 0.15  # Silero's hysteresis: below threshold - 0.15 counts as silence
 
 Transition = Literal["started", "stopped"] | None
+
+
+class Downsampler:
+    """Mono int16 at any rate → 16 kHz, streaming (FFmpeg's resampler in a one-thread filter
+    graph: `av.AudioResampler` starts a thread per core for each instance, per listener)."""
+
+    def __init__(self, rate_in: int):
+        self.rate_in = rate_in
+        self._time_base = fractions.Fraction(1, rate_in)
+        self._pts = 0
+        self._graph = av.filter.Graph()
+        self._graph.threads = 1
+        src = self._graph.add_abuffer(format="s16", sample_rate=rate_in, layout="mono", time_base=self._time_base)
+        fmt = self._graph.add("aformat", sample_fmts="s16", sample_rates=str(SAMPLE_RATE), channel_layouts="mono")
+        src.link_to(fmt)
+        fmt.link_to(self._graph.add("abuffersink"))
+        self._graph.configure()
+
+    def push(self, frame: av.AudioFrame):
+        """Yields 16 kHz int16 blocks as they come out."""
+        frame.pts, frame.time_base = self._pts, self._time_base  # a continuous timeline
+        self._pts += frame.samples
+        self._graph.push(frame)
+        while True:
+            try:
+                out = self._graph.pull()
+            except (av.BlockingIOError, av.EOFError):
+                return
+            yield out.to_ndarray().reshape(-1)
 
 
 class SpeechGate:
@@ -132,9 +162,7 @@ class Listener:
         self.gate = SpeechGate()
         self.closed = False
         self._decoder: av.CodecContext | None = None
-        self._resampler: av.AudioResampler | None = None
-        self._resampler_rate = 0
-        self._resampler_pts = 0
+        self._resampler: Downsampler | None = None
         self._vad: VadStream | None = None
         self._chunk = np.zeros(CHUNK_SAMPLES, np.int16)  # VAD input being filled, reused
         self._fill = 0
@@ -190,15 +218,11 @@ class Listener:
     # -- pipeline ------------------------------------------------------------------------
 
     def _resample(self, frame: av.AudioFrame) -> None:
-        if self._resampler is None or frame.sample_rate != self._resampler_rate:
-            self._resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-            self._resampler_rate = frame.sample_rate
-            self._resampler_pts = 0
+        if self._resampler is None or frame.sample_rate != self._resampler.rate_in:
+            self._resampler = Downsampler(frame.sample_rate)
             self.stats.resamplers_created += 1
-        frame.pts = self._resampler_pts  # swresample wants a continuous timeline
-        self._resampler_pts += frame.samples
-        for out in self._resampler.resample(frame):
-            self._push(out.to_ndarray().reshape(-1))
+        for block in self._resampler.push(frame):
+            self._push(block)
 
     def _push(self, samples: np.ndarray) -> None:
         self.stats.samples_16k += len(samples)
@@ -257,26 +281,27 @@ class Listening:
     """Every listener of the process, grouped by room; totals for tests and benchmarks."""
 
     def __init__(self) -> None:
-        self.listeners: dict[str, Listener] = {}
+        self.listeners: dict[tuple[str, str], Listener] = {}  # (room name, participant)
         self._rooms: weakref.WeakKeyDictionary["Room", RoomListening] = weakref.WeakKeyDictionary()
         self._retired = ListenerStats()
         self._preloading = False
 
     def listen(self, room: "Room", participant: str) -> Listener:
-        old = self.listeners.get(participant)
+        old = self.listeners.get((room.name, participant))
         if old is not None:
             self.remove(old)
         room_listening = self._rooms.get(room)
         if room_listening is None:
             room_listening = self._rooms[room] = RoomListening(room)
-        listener = self.listeners[participant] = Listener(room_listening, participant)
+        listener = self.listeners[(room.name, participant)] = Listener(room_listening, participant)
         self._preload()
         return listener
 
     def remove(self, listener: Listener) -> None:
         listener.close()
-        if self.listeners.get(listener.participant) is listener:
-            del self.listeners[listener.participant]
+        key = (listener.room.name, listener.participant)
+        if self.listeners.get(key) is listener:
+            del self.listeners[key]
             self._retired.add(listener.stats)
 
     def totals(self) -> ListenerStats:
@@ -296,9 +321,12 @@ class Listening:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        future = loop.run_in_executor(None, load_model)
-        future.add_done_callback(lambda f: f.cancelled() or f.exception() is None
-                                 or log.error("barge-in VAD unavailable: %s", f.exception()))
+        loop.run_in_executor(None, load_model).add_done_callback(_report_load)
+
+
+def _report_load(future: asyncio.Future) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("barge-in cannot listen: %s", future.exception())
 
 
 class RtpTap:
@@ -331,6 +359,8 @@ def attach_listening(transport: "WebRTCTransport", listening: Listening | None =
         receiver = next((t.receiver for t in session.pc.getTransceivers() if t.receiver.track is track), None)
         if receiver is None:
             return
+        if session.listen_task is not None:  # a second audio section: the newest one is heard
+            session.listen_task.cancel()
         listener = listening.listen(session.room, session.peer_id)
         receiver._handle_rtp_packet = RtpTap(listener)
         session.listen_task = asyncio.ensure_future(_listen_until_cancelled(listening, listener))

@@ -22,7 +22,7 @@ import asyncio
 import fractions
 import sys
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 import av
@@ -149,3 +149,295 @@ class MicrophoneTrack(MediaStreamTrack):
         self._pts += FRAME
         self.frames += 1
         return frame
+
+
+# -- the benchmark ---------------------------------------------------------------------------
+
+LONG_TEXT = ("This sentence is long on purpose, so that the agent is still talking when the person "
+             "starts, trial {i}. And it goes on for a while after that, too, with more to say.")
+INTERRUPT_SENTENCE = "Hold on, please, one question."
+QUIET_S = 0.2  # ten frame slots with no packet: the utterance is over
+NOISES = {  # name: (signal maker taking seconds) — what a microphone hears when nobody talks
+    "white noise -50 dBFS": lambda s: noise(-50, s),
+    "white noise -35 dBFS": lambda s: noise(-35, s, seed=2),
+    "white noise -20 dBFS": lambda s: noise(-20, s, seed=3),
+    "pink noise -30 dBFS": lambda s: noise(-30, s, color="pink", seed=4),
+    "brown noise -25 dBFS": lambda s: noise(-25, s, color="brown", seed=5),
+    "mains hum 50 Hz -20 dBFS": lambda s: tone([50, 100, 150, 200], -20, s),
+    "tone 1 kHz -12 dBFS": lambda s: tone(1000, -12, s),
+}
+
+
+_ESPEAK = None
+
+
+def _espeak():
+    """One eSpeak NG engine for the bench process: the library is process-global, and a
+    second engine object would take over the first one's audio callback."""
+    global _ESPEAK
+    if _ESPEAK is None:
+        from engines.espeak import EspeakEngine
+
+        _ESPEAK = EspeakEngine()
+    return _ESPEAK
+
+
+def _serve(argv: list[str]) -> int:
+    """The agent CLI's `serve`, with listening attached where the runtime does not yet do it."""
+    from agent import runtime
+    from agent.listening import attach_listening
+
+    init = runtime.Agent.__init__
+
+    def init_with_listening(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        if self.webrtc.on_listen is None:
+            self.listening = attach_listening(self.webrtc)
+
+    runtime.Agent.__init__ = init_with_listening
+    from agent.cli import main as cli_main
+
+    return cli_main(["serve", *argv])
+
+
+def _server():
+    from .common import ServerProcess
+
+    return ServerProcess(["-m", "bench.barge_in", "serve", "--log-level", "WARNING"], name="tts-agent-barge-in")
+
+
+async def _last_packet_after(client, after: float) -> float:
+    last = after
+    while True:
+        try:
+            await client.wait_packet(last, timeout=QUIET_S)
+        except asyncio.TimeoutError:
+            return last
+        last = max(p.arrival for p in client.packets[-8:])
+
+
+async def measure_latency(base_url: str, trials: int) -> list[dict]:
+    """Onset of speech in the sent track → what the client sees, one interrupt per trial."""
+    import random
+
+    from agent.client import RoomClient
+
+    from .common import room_token, use_loopback_ice
+
+    use_loopback_ice()
+    engine = _espeak()
+    sentence = await espeak_speech([engine], INTERRUPT_SENTENCE)
+    onset_in_clip = speech_onset_s(sentence)
+    mic = MicrophoneTrack()
+    client = RoomClient(base_url, "bench-barge-in", room_token("bench-barge-in", "bench"), send_audio=mic)
+    await client.connect()
+    client.send({"type": "configure", "barge_in": {"mode": "interrupt"}})
+    samples = []
+    try:
+        for i in range(trials):
+            uid = f"t{i}"
+            client.send({"type": "synthesize", "id": uid, "text": LONG_TEXT.format(i=i), "voice": "espeak:en-us"})
+            started = await client.wait_event("started", timeout=30, id=uid)
+            for _ in range(random.randint(10, 30)):  # the person talks 0.2..0.6 s into the speech
+                await client.wait_packet(client.packets[-1].arrival if client.packets else started["_arrival"])
+            n_before = len(client.events_of("user_speech"))
+            clip = mic.play(sentence)
+            interrupted = await client.wait_event("interrupted", timeout=10, id=uid)
+            heard = client.events_of("user_speech")[n_before]
+            await asyncio.wait_for(clip.done.wait(), 10)
+            onset = clip.started + onset_in_clip
+            last = await _last_packet_after(client, interrupted["_arrival"] - 0.1)
+            samples.append({
+                "reason": interrupted["reason"],
+                "onset_to_last_packet_ms": round((last - onset) * 1000, 1),
+                "onset_to_user_speech_ms": round((heard["_arrival"] - onset) * 1000, 1),
+                "onset_to_interrupted_ms": round((interrupted["_arrival"] - onset) * 1000, 1),
+                "packets_after_interrupted_event": sum(p.arrival > interrupted["_arrival"] for p in client.packets),
+            })
+            await client.wait_event("user_speech", timeout=10, state="stopped", participant=heard["participant"])
+            client.events.clear()  # the next trial's user_speech events are its own
+            client.packets.clear()
+    finally:
+        await client.close()
+    return samples
+
+
+def _offline_room(mode: str):
+    """A real Room and Speaker whose sink keeps events: the listening code without a network."""
+    from agent.protocol import BargeIn
+    from agent.rooms import RoomRegistry
+    from agent.settings import Settings
+    from engines.registry import VoiceRegistry
+
+    class Events:
+        def __init__(self, room):
+            self.events: list[str] = []
+
+        def send_frame(self, pcm, slot):
+            pass
+
+        def send_event(self, data, to):
+            self.events.append(data)
+
+        def close(self):
+            pass
+
+    settings = Settings(barge_in=BargeIn(mode=mode))
+    registry = RoomRegistry(settings, VoiceRegistry([_espeak()], None))
+    registry.sink_factory = Events
+    return registry
+
+
+def _opus_packets(pcm: np.ndarray) -> list[bytes]:
+    enc = av.CodecContext.create("libopus", "w")
+    enc.sample_rate, enc.layout, enc.format, enc.bit_rate = RATE, "mono", "s16", 32_000
+    enc.options = {"application": "voip", "frame_duration": "20"}
+    enc.open()
+    out = []
+    for i in range(0, len(pcm) - FRAME + 1, FRAME):
+        frame = av.AudioFrame.from_ndarray(pcm[i:i + FRAME].reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate, frame.pts = RATE, i
+        out += [bytes(p) for p in enc.encode(frame)]
+    return out
+
+
+def measure_false_triggers(minutes: float) -> dict:
+    """Onsets per minute on noises and tones, fed as Opus packets (as a peer sends them)."""
+    from agent.listening import Listening
+
+    registry = _offline_room("interrupt")
+    out = {}
+    for i, (name, make) in enumerate(NOISES.items()):
+        room = registry.get_or_create(f"noise{i}")
+        listener = Listening().listen(room, "mic")
+        for payload in _opus_packets(make(minutes * 60)):
+            listener.feed_opus(payload)
+        out[name] = {"minutes": minutes, "onsets": listener.stats.onsets,
+                     "per_minute": round(listener.stats.onsets / minutes, 3)}
+    return out
+
+
+def measure_detection(engine_voices: list[str]) -> dict:
+    """The other side of false triggers: eSpeak sentences (several voices) that do start a turn."""
+    from agent.listening import Listening
+
+    engine = _espeak()
+    registry = _offline_room("interrupt")
+    texts = ["Hold on, please.", "Wait a second, that is wrong.", "No.", "Could you repeat that?"]
+    hits = total = 0
+    for v in engine_voices:
+        for t in texts:
+            room = registry.get_or_create(f"{v}-{t}")
+            listener = Listening().listen(room, "mic")
+            pcm = asyncio.run(espeak_speech([engine], t, voice=v))
+            for payload in _opus_packets(np.concatenate([pcm, np.zeros(RATE, np.int16)])):
+                listener.feed_opus(payload)
+            hits += listener.stats.onsets >= 1
+            total += 1
+    return {"voices": engine_voices, "sentences": total, "detected": hits}
+
+
+def measure_listener_cpu(seconds: float) -> dict:
+    """Thread CPU one listener spends (Opus decode, resample to 16 kHz, VAD) per second of audio."""
+    from agent.listening import Listening
+
+    speech = asyncio.run(espeak_speech([_espeak()], LONG_TEXT.format(i=1)))
+    reps = int(seconds * RATE // len(speech)) + 1
+    pcm = (np.tile(speech, reps)[: int(seconds * RATE)] + noise(-45, seconds)).astype(np.int16)
+    packets = _opus_packets(pcm)
+    registry = _offline_room("duck")
+    listener = Listening().listen(registry.get_or_create("cpu"), "mic")
+    for payload in packets[:50]:  # warm: model, decoder
+        listener.feed_opus(payload)
+    before_cpu, before_calls = listener.stats.cpu_s, listener.stats.vad_calls
+    t0 = time.thread_time()
+    for payload in packets[50:]:
+        listener.feed_opus(payload)
+    wall_cpu = time.thread_time() - t0
+    audio_s = (len(packets) - 50) * FRAME / RATE
+    cpu = listener.stats.cpu_s - before_cpu
+    return {"audio_s": round(audio_s, 1), "cpu_percent_of_one_core": round(100 * cpu / audio_s, 3),
+            "including_call_overhead_percent": round(100 * wall_cpu / audio_s, 3),
+            "vad_us_per_call": None if listener.stats.vad_calls == before_calls else
+            round(1e6 * cpu / (listener.stats.vad_calls - before_calls), 1)}
+
+
+async def _peers_sending(base_url: str, n: int, seconds: float, pid: int) -> dict:
+    """Server process CPU with n peers sending speech: barge-in off, then on."""
+    from agent.client import RoomClient
+
+    from .common import ProcessMeter, room_token, use_loopback_ice
+
+    use_loopback_ice()
+    speech = await espeak_speech([_espeak()], LONG_TEXT.format(i=2))
+    mics = [MicrophoneTrack() for _ in range(n)]
+    clients = [RoomClient(base_url, f"bench-cpu-{k}", room_token(f"bench-cpu-{k}", f"p{k}"), send_audio=mic)
+               for k, mic in enumerate(mics)]
+    try:
+        await asyncio.gather(*(c.connect() for c in clients))
+        loops = int(2 * seconds * RATE // len(speech)) + 2
+        for mic in mics:
+            for _ in range(loops):
+                mic.play(speech)
+        meter = ProcessMeter(pid)
+        out = {}
+        for mode in ("off", "interrupt"):
+            for c in clients:
+                c.send({"type": "configure", "barge_in": {"mode": mode}})
+            await asyncio.sleep(1.0)  # settle after switching, then measure a fixed window
+            meter.mark()
+            await asyncio.sleep(seconds)
+            out[mode] = round(meter.cpu_percent(), 2)
+        out["per_listened_peer"] = round((out["interrupt"] - out["off"]) / n, 2)
+        return out
+    finally:
+        await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+
+
+def main(quick: bool = False) -> dict:
+    from .common import percentiles, print_table, write_result
+
+    trials = 4 if quick else 20
+    noise_min = 0.25 if quick else 3.0
+    peers, window_s = (2, 3.0) if quick else (4, 10.0)
+
+    with _server() as server:
+        samples = asyncio.run(measure_latency(server.base_url, trials))
+        cpu_server = asyncio.run(_peers_sending(server.base_url, peers, window_s, server.pid))
+    false_triggers = measure_false_triggers(noise_min)
+    detection = measure_detection(["espeak:en-us", "espeak:en-029"] if quick else
+                                  ["espeak:en-us", "espeak:en-029", "espeak:de", "espeak:fr-fr", "espeak:es"])
+    cpu_listener = measure_listener_cpu(20.0 if quick else 120.0)
+
+    latency = {k: percentiles([s[k] for s in samples], (50, 95)) for k in
+               ("onset_to_last_packet_ms", "onset_to_user_speech_ms", "onset_to_interrupted_ms")}
+    print_table(f"Speech onset in the sent track → at the client, {trials} trials, min_speech_ms 250 (ms)",
+                ["measure", "n", "p50", "p95", "max"],
+                [[k, v["n"], v["p50"], v["p95"], v["max"]] for k, v in latency.items()])
+    after = [s["packets_after_interrupted_event"] for s in samples]
+    print(f"packets arriving after the interrupted event: {dict(sorted(Counter(after).items()))} (count: trials)")
+    print_table(f"False triggers on noise ({noise_min} min each, fed as Opus)", ["signal", "onsets", "per minute"],
+                [[k, v["onsets"], v["per_minute"]] for k, v in false_triggers.items()])
+    print(f"detected eSpeak sentences: {detection['detected']}/{detection['sentences']} ({', '.join(detection['voices'])})")
+    print_table("CPU per listened participant (% of one core)", ["measure", "value"], [
+        ["listener thread CPU (decode + resample + VAD)", cpu_listener["cpu_percent_of_one_core"]],
+        ["VAD + decode per 32 ms chunk (µs)", cpu_listener["vad_us_per_call"]],
+        [f"server process, {peers} peers sending, barge-in off", cpu_server["off"]],
+        [f"server process, {peers} peers sending, barge-in on", cpu_server["interrupt"]],
+        ["server process, added per listened peer", cpu_server["per_listened_peer"]],
+    ])
+    from agent.vad import load_model
+
+    result = {"trials": trials, "vad_backend": load_model(), "latency": latency, "samples": samples,
+              "false_triggers": false_triggers, "detection": detection,
+              "cpu": {"listener": cpu_listener, "server_process": {"peers": peers, "window_s": window_s, **cpu_server}}}
+    print(f"-> {write_result('barge_in', result)}")
+    return result
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "serve":
+        raise SystemExit(_serve(sys.argv[2:]))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer trials, shorter noise")
+    main(quick=parser.parse_args().quick)

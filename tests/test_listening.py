@@ -43,6 +43,9 @@ class RecordingSink:
         self.events.append(json.loads(data))
         self.changed.set()
 
+    def discard_buffered(self):
+        pass
+
     def close(self):
         pass
 
@@ -258,7 +261,38 @@ async def test_leaving_ends_the_turn(registry, sentence):
     feed(listener, sentence[: len(sentence) // 2])
     listening.remove(listener)
     assert room.sink.of("user_speech", state="stopped") and room.speaker.target_gain == 1.0
-    assert "alice" not in listening.listeners and listening.totals().onsets == 1
+    assert ("leave", "alice") not in listening.listeners and listening.totals().onsets == 1
+
+
+async def test_one_identity_in_two_rooms_is_two_listeners(registry, sentence):
+    # LiveKit identities are unique per room only
+    listening = Listening()
+    a, b = registry.get_or_create("a"), registry.get_or_create("b")
+    a.speaker.barge_in = barge("duck")
+    in_a, in_b = listening.listen(a, "alice"), listening.listen(b, "alice")
+    feed(in_a, sentence)
+    feed(in_b, sentence)  # b's barge-in is off
+    assert set(listening.listeners) == {("a", "alice"), ("b", "alice")}
+    assert a.sink.of("user_speech") and not b.sink.of("user_speech")
+    assert in_b.stats.vad_calls == 0 and a.speaker.target_gain < 1 and b.speaker.target_gain == 1
+
+
+async def test_listeners_start_no_threads(registry, sentence):
+    # one decoder and resampler per listened participant: they must not bring thread pools
+    import os
+
+    room = registry.get_or_create("threads")
+    room.speaker.barge_in = barge("duck")
+    listening = Listening()
+    opus = encode_opus(sentence)
+    VadStream()  # the shared model is loaded once per process; not what this counts
+    listeners = [listening.listen(room, f"p{k}") for k in range(4)]  # (may start the loop's executor)
+    before = len(os.listdir("/proc/self/task"))
+    for payload in opus[:40]:
+        for listener in listeners:
+            listener.feed_opus(payload)
+    assert all(l.stats.vad_calls > 0 for l in listeners)
+    assert len(os.listdir("/proc/self/task")) == before
 
 
 def encode_opus(pcm48k: np.ndarray) -> list[bytes]:
