@@ -199,14 +199,14 @@ class Listener:
 
     def feed_pcm(self, pcm: np.ndarray | bytes | memoryview, sample_rate: int) -> None:
         """Mono int16 PCM at any rate (a LiveKit `AudioFrame`'s `data` and `sample_rate`)."""
+        samples = pcm if isinstance(pcm, np.ndarray) else np.frombuffer(pcm, np.int16)
+        if samples.dtype != np.int16 or samples.ndim != 1 or sample_rate <= 0:
+            raise ValueError("feed_pcm takes mono int16 samples at a positive sample rate")
         self.stats.packets_in += 1
         if not self.active:
             self._drop()
             return
         t0 = time.thread_time()
-        samples = pcm if isinstance(pcm, np.ndarray) else np.frombuffer(pcm, np.int16)
-        if samples.dtype != np.int16 or samples.ndim != 1:
-            raise ValueError("feed_pcm takes mono int16 samples")
         if sample_rate == SAMPLE_RATE:
             self._push(samples)
         else:

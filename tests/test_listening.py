@@ -246,6 +246,11 @@ async def test_bad_input_is_refused_and_changes_nothing(registry, sentence):
     listener = Listening().listen(room, "alice")
     with pytest.raises(ValueError, match="mono int16"):
         listener.feed_pcm(np.zeros(960, np.float32), 48_000)
+    with pytest.raises(ValueError, match="mono int16"):
+        listener.feed_pcm(np.zeros((2, 960), np.int16), 48_000)
+    with pytest.raises(ValueError, match="positive sample rate"):
+        listener.feed_pcm(np.zeros(960, np.int16), 0)
+    assert listener.stats.packets_in == 0 and listener._resampler is None
     listener.feed_opus(b"\xff\xfe not opus at all")
     assert listener.stats.decode_errors == 1
     for payload in encode_opus(sentence):  # the stream goes on after a bad packet
