@@ -30,7 +30,7 @@ POS_CHARACTER = 1
 PARAM_RATE = 1
 EVENT_LIST_TERMINATED = 0
 EVENT_WORD = 1
-BUFFER_MS = 40  # audio per callback: small so the first chunk leaves early
+BUFFER_MS = 100  # audio per callback: eSpeak makes 100 ms in well under 1 ms, and fewer, larger chunks halve the per-chunk cost downstream
 BASE_WPM = 175
 
 
