@@ -5,8 +5,8 @@ Everything after this module sees only fixed 960-sample frames at 48 kHz.
 
 from __future__ import annotations
 
-import av
 import numpy as np
+import soxr
 
 SAMPLE_RATE = 48_000
 FRAME_MS = 20
@@ -16,34 +16,22 @@ _FADE_OUT = np.linspace(1.0, 0.0, FADE_SAMPLES, endpoint=False, dtype=np.float32
 
 
 class Resampler:
-    """Streaming resampler to 48 kHz mono int16 (libswresample through PyAV)."""
+    """Streaming resampler to 48 kHz mono int16 (libsoxr). Not `av.AudioResampler`: that one
+    starts a thread per core for every instance, i.e. two threads per utterance here."""
 
     def __init__(self, in_rate: int):
         self.in_rate = in_rate
-        self._swr = None if in_rate == SAMPLE_RATE else av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-        self._pts = 0
+        self._soxr = None if in_rate == SAMPLE_RATE else soxr.ResampleStream(in_rate, SAMPLE_RATE, 1, dtype="int16")
 
     def push(self, pcm: np.ndarray) -> np.ndarray:
-        if self._swr is None:
+        if self._soxr is None:
             return pcm
-        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = self.in_rate
-        frame.pts = self._pts
-        self._pts += len(pcm)
-        return self._join(self._swr.resample(frame))
+        return self._soxr.resample_chunk(pcm)
 
     def flush(self) -> np.ndarray:
-        if self._swr is None:
+        if self._soxr is None:
             return np.zeros(0, np.int16)
-        return self._join(self._swr.resample(None))
-
-    @staticmethod
-    def _join(frames) -> np.ndarray:
-        if not frames:
-            return np.zeros(0, np.int16)
-        if len(frames) == 1:
-            return frames[0].to_ndarray().reshape(-1)
-        return np.concatenate([f.to_ndarray().reshape(-1) for f in frames])
+        return self._soxr.resample_chunk(np.zeros(0, np.int16), last=True)
 
     def to_output_samples(self, in_samples: int) -> int:
         return in_samples * SAMPLE_RATE // self.in_rate

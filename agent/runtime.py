@@ -15,6 +15,7 @@ from .auth import TokenAuthority
 from .protocol import ErrorCode, ProtocolError, Synthesize, parse_command
 from .rooms import Room, RoomRegistry
 from .settings import Settings
+from .listening import attach_listening
 from .transports.webrtc import WebRTCTransport
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class Agent:
         self.tokens = TokenAuthority(settings.keys)
         self.rooms = RoomRegistry(settings, self.voices)
         self.webrtc = WebRTCTransport(self.rooms, settings)
+        self.listening = attach_listening(self.webrtc)  # barge-in: decodes nothing while off
         self.started = time.time()
         self._warming: asyncio.Task | None = None
 
