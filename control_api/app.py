@@ -14,7 +14,7 @@ from agent.runtime import Agent
 
 from . import problems
 from .livekit_mode import livekit_router
-from .limits import BodyLimit, BodyTimeout, RateLimiter
+from .limits import BodyGuard, RateLimiter
 from .routers import health, rooms, synthesize, tokens, voices, whep
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / "web_demo"
@@ -52,8 +52,7 @@ def create_app(agent: Agent) -> FastAPI:
         allow_headers=["Authorization", "Content-Type", "If-Match"],
         expose_headers=["Location", "ETag", "Retry-After", "Content-Disposition"],
     )
-    app.add_middleware(BodyLimit, max_bytes=agent.settings.max_body_bytes)
-    app.add_middleware(BodyTimeout, timeout_s=agent.settings.body_timeout_s)  # slowloris bodies: 408
+    app.add_middleware(BodyGuard, max_bytes=agent.settings.max_body_bytes, timeout_s=agent.settings.body_timeout_s)
     return app
 
 

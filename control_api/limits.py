@@ -11,80 +11,39 @@ from starlette.exceptions import HTTPException
 from .problems import problem_response
 
 
-class BodyLimit:
-    """ASGI middleware: refuse bodies over `max_bytes`, declared or streamed."""
+class BodyGuard:
+    """ASGI middleware for request bodies: at most `max_bytes` (413, declared or streamed), and
+    all of it within `timeout_s` of the request (408: a slowloris body holds no connection)."""
 
-    def __init__(self, app, max_bytes: int):
+    def __init__(self, app, max_bytes: int, timeout_s: float):
         self.app = app
         self.max_bytes = max_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                try:
-                    too_big = int(value) > self.max_bytes
-                except ValueError:
-                    too_big = False
-                if too_big:
-                    return await problem_response(413, f"request body larger than {self.max_bytes} bytes")(scope, receive, send)
-        seen = 0
-        started = False
-
-        async def limited_receive():
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _TooLarge(self.max_bytes)
-            return message
-
-        async def tracking_send(message):
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await problem_response(413, f"request body larger than {self.max_bytes} bytes")(scope, receive, send)
-
-
-class _TooLarge(HTTPException):
-    """Raised inside the app while it reads a streamed body. An HTTPException, because FastAPI
-    turns any other error met while reading a body into a 400."""
-
-    def __init__(self, max_bytes: int) -> None:
-        super().__init__(413, f"request body larger than {max_bytes} bytes")
-
-
-class BodyTimeout:
-    """ASGI middleware: the whole request body must arrive within `timeout_s` (slowloris)."""
-
-    def __init__(self, app, timeout_s: float):
-        self.app = app
         self.timeout_s = timeout_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                return await problem_response(413, self._too_large())(scope, receive, send)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout_s
+        seen = 0
         body_done = False
         started = False
 
-        async def timed_receive():
-            nonlocal body_done
+        async def guarded_receive():
+            nonlocal seen, body_done
             if body_done:  # after the body only http.disconnect comes: wait as long as it takes
                 return await receive()
             try:
                 message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
             except asyncio.TimeoutError:
-                raise _BodyTimeout(self.timeout_s) from None
+                raise _BodyRefused(408, self._too_slow(), {"Connection": "close"}) from None
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _BodyRefused(413, self._too_large())
             if message["type"] != "http.request" or not message.get("more_body", False):
                 body_done = True
             return message
@@ -96,18 +55,24 @@ class BodyTimeout:
             await send(message)
 
         try:
-            await self.app(scope, timed_receive, tracking_send)
-        except _BodyTimeout:
+            await self.app(scope, guarded_receive, tracking_send)
+        except _BodyRefused as refused:
             if not started:
-                await problem_response(408, f"request body not received within {self.timeout_s:g} s",
-                                       headers={"Connection": "close"})(scope, receive, send)
+                await problem_response(refused.status_code, refused.detail, headers=refused.headers)(scope, receive, send)
+
+    def _too_large(self) -> str:
+        return f"request body larger than {self.max_bytes} bytes"
+
+    def _too_slow(self) -> str:
+        return f"request body not received within {self.timeout_s:g} s"
 
 
-class _BodyTimeout(HTTPException):
-    """An HTTPException, like _TooLarge: FastAPI turns other errors met reading a body into 400."""
+class _BodyRefused(HTTPException):
+    """Raised inside the app while it reads the body. An HTTPException, because FastAPI turns
+    any other error met while reading a body into a 400."""
 
-    def __init__(self, timeout_s: float) -> None:
-        super().__init__(408, f"request body not received within {timeout_s:g} s", headers={"Connection": "close"})
+    def __init__(self, status: int, detail: str, headers: dict | None = None) -> None:
+        super().__init__(status, detail, headers=headers)
 
 
 class RateLimiter:
