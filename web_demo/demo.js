@@ -1,5 +1,9 @@
-// /demo: join a room over WHEP, speak into it, watch its events, utterances and level.
-import { WhepSession, fetchToken } from "./whep.js";
+// /demo: join a room (embedded WHEP, or LiveKit when the token's URL is ws(s)://), speak into it,
+// watch its events, utterances and level.
+// Options: &token=… (&url=wss://… with it for a LiveKit room), &lk=… (where livekit-client is loaded
+// from in LiveKit mode), &autojoin=1.
+import { fetchJoin } from "./whep.js";
+import { createSession } from "./session.js";
 import { LevelMeter, toBar, toDb, play } from "./level.js";
 import { CaptionTrack } from "./captions.js";
 
@@ -15,6 +19,8 @@ const demo = (window.demo = {
   room,
   identity,
   state: "idle", // idle | joining | joined | disconnected | error
+  transport: null, // whep | livekit, once Join was pressed
+  error: null, // {code, message} of the last failed join (code: livekit_module, livekit_connect, http_<status>, join)
   events: [],
   level: { now: 0, max: 0 },
   utterances: {}, // id -> {id, from, text, fate, reason, ttfa_ms, audio_ms, peak}
@@ -23,12 +29,7 @@ const demo = (window.demo = {
   sendsMic: false,
   // RTP packets of the microphone sent so far in this session (from the peer connection's stats)
   async micPacketsSent() {
-    if (!session || !session.pc) return 0;
-    let sent = 0;
-    (await session.pc.getStats()).forEach((s) => {
-      if (s.type === "outbound-rtp" && s.kind === "audio") sent += s.packetsSent;
-    });
-    return sent;
+    return session ? session.micPacketsSent() : 0;
   },
 });
 
@@ -238,14 +239,24 @@ function configureBargeIn(on) {
 
 // -- joining -----------------------------------------------------------------------------
 
+const JOIN_ERROR_TEXT = {
+  http_401: "no token: add ?token=… to the URL",
+  http_403: "no token: add ?token=… to the URL",
+  livekit_module: "LiveKit mode: livekit-client could not be loaded (see Events; ?lk= sets its URL)",
+  livekit_connect: "LiveKit mode: could not join the LiveKit room (see Events)",
+};
+
 async function join() {
   if (session) return;
   setState("joining", "joining…");
   meter.prepare(); // inside the click: the AudioContext may start
   try {
-    const token = params.get("token") || (await fetchToken(room, identity));
-    const s = new WhepSession({
-      room, token, mic,
+    demo.error = null;
+    const { token, url } = params.get("token")
+      ? { token: params.get("token"), url: params.get("url") }
+      : await fetchJoin(room, identity);
+    const s = createSession({
+      room, token, url, mic, moduleUrl: params.get("lk"),
       onEvent,
       onTrack: async (stream) => {
         if (!(await play($("player"), stream))) logLine("local", "autoplay refused: click the page to hear audio", "warn");
@@ -261,14 +272,17 @@ async function join() {
       },
     });
     session = s;
+    demo.transport = s.transport;
     demo.sendsMic = s.sendsMic;
+    if (s.transport === "livekit") logLine("local", `LiveKit mode: loading livekit-client from ${s.moduleUrl}`);
     await s.connect();
-    logLine("local", `WHEP session ${s.location}${s.sendsMic ? " (sending microphone)" : ""}`);
+    logLine("local", `${s.label}${s.sendsMic ? " (sending microphone)" : ""}`);
   } catch (err) {
     session = null;
-    logLine("local", String(err.message || err), "bad");
-    setState("error", err.status === 401 || err.status === 403
-      ? "no token: add ?token=… to the URL" : "could not join");
+    const message = String(err.message || err);
+    demo.error = { code: err.code || (err.status ? `http_${err.status}` : "join"), message };
+    logLine("local", message, "bad");
+    setState("error", JOIN_ERROR_TEXT[demo.error.code] || "could not join");
   }
 }
 
@@ -286,7 +300,10 @@ async function leave() {
 async function setTalk(on) {
   if (!on) {
     if (demo.bargeIn) configureBargeIn(false);
-    if (session && session.sendsMic) await session.replaceMic(null);
+    if (session && session.sendsMic) {
+      await session.replaceMic(null);
+      demo.sendsMic = session.sendsMic;
+    }
     if (mic) mic.stop();
     mic = null;
     return;
@@ -299,11 +316,12 @@ async function setTalk(on) {
     return;
   }
   if (!session) return; // the next join sends it
-  if (session.sendsMic) {
+  if (session.canAddMic) {
     await session.replaceMic(mic);
+    demo.sendsMic = session.sendsMic;
     configureBargeIn(true);
   } else {
-    // WHEP has no renegotiation: a new session with a sendrecv audio section replaces this one.
+    // WHEP has no renegotiation: a new session with a sendrecv audio section replaces this one
     await leave();
     await join();
   }

@@ -1,6 +1,8 @@
 // /demo/listen?room=X: listen-only, autoplays, shows captions large, reconnects by itself.
-// Options: &token=… (when tokens are not open, i.e. outside dev mode), &captions=0.
-import { WhepSession, fetchToken } from "./whep.js";
+// Options: &token=… (when tokens are not open, i.e. outside dev mode; &url=wss://… with it for a
+// LiveKit room), &lk=… (where livekit-client is loaded from in LiveKit mode), &captions=0.
+import { fetchJoin } from "./whep.js";
+import { createSession } from "./session.js";
 import { LevelMeter, play } from "./level.js";
 import { CaptionTrack } from "./captions.js";
 
@@ -14,6 +16,7 @@ const MAX_BACKOFF_MS = 10000;
 // The testing hook: state, every event, the analyser level, captions shown, sessions opened.
 const listen = (window.listen = {
   room, identity, state: "connecting", events: [], level: { now: 0, max: 0 }, captions: [], connects: 0,
+  transport: null, error: null, // the last failure to connect: {code, message}
 });
 
 let session = null;
@@ -98,9 +101,11 @@ async function connect() {
   let s = null;
   try {
     // listen-only token: it may receive but not send commands
-    const token = params.get("token") || (await fetchToken(room, identity, { can_publish_data: false }));
-    s = session = new WhepSession({
-      room, token, onEvent, onTrack,
+    const { token, url } = params.get("token")
+      ? { token: params.get("token"), url: params.get("url") }
+      : await fetchJoin(room, identity, { can_publish_data: false });
+    s = session = createSession({
+      room, token, url, moduleUrl: params.get("lk"), onEvent, onTrack,
       onClosed: (reason) => {
         if (session === s) {
           session = null;
@@ -109,11 +114,13 @@ async function connect() {
         }
       },
     });
+    listen.transport = s.transport;
     await s.connect();
     listen.connects += 1;
   } catch (err) {
     if (s && session === s) session = null;
-    reconnectLater(String(err.message || err));
+    listen.error = { code: err.code || (err.status ? `http_${err.status}` : "connect"), message: String(err.message || err) };
+    reconnectLater(listen.error.message);
   }
 }
 

@@ -22,15 +22,22 @@ export async function problemText(resp) {
   }
 }
 
-/** A room token from the control plane (open to loopback clients in dev mode). */
-export async function fetchToken(room, identity, extra = {}) {
+/** `{token, url}` from the control plane (open to loopback clients in dev mode): `url` is the
+ * agent's own http URL in embedded mode, the LiveKit server's ws(s):// URL in LiveKit mode. */
+export async function fetchJoin(room, identity, extra = {}) {
   const resp = await fetch("/v1/tokens", {
     method: "POST",
     headers: { "Content-Type": "application/json" },
     body: JSON.stringify({ room, identity, ...extra }),
   });
   if (!resp.ok) throw new WhepError(resp.status, await problemText(resp));
-  return (await resp.json()).token;
+  const { token, url } = await resp.json();
+  return { token, url };
+}
+
+/** A room token from the control plane. */
+export async function fetchToken(room, identity, extra = {}) {
+  return (await fetchJoin(room, identity, extra)).token;
 }
 
 function iceGatheringComplete(pc, timeoutMs) {
@@ -58,6 +65,7 @@ function iceGatheringComplete(pc, timeoutMs) {
  */
 export class WhepSession {
   constructor({ room, token, mic = null, onEvent = () => {}, onTrack = () => {}, onClosed = () => {} }) {
+    this.transport = "whep";
     this.endpoint = new URL(`/v1/rooms/${encodeURIComponent(room)}/whep`, location.href).href;
     this.token = token;
     this.mic = mic;
@@ -70,6 +78,15 @@ export class WhepSession {
 
   get sendsMic() {
     return this.mic !== null;
+  }
+
+  // WHEP has no renegotiation: only a session offered with a microphone can swap it
+  get canAddMic() {
+    return this.sendsMic;
+  }
+
+  get label() {
+    return `WHEP session ${this.location}`;
   }
 
   async connect() {
@@ -128,6 +145,16 @@ export class WhepSession {
   async replaceMic(track) {
     if (!this.mic && track) throw new Error("this session was negotiated without a microphone");
     await this.transceiver.sender.replaceTrack(track);
+  }
+
+  /** RTP packets of the microphone sent so far (from the peer connection's stats). */
+  async micPacketsSent() {
+    if (!this.pc) return 0;
+    let sent = 0;
+    (await this.pc.getStats()).forEach((s) => {
+      if (s.type === "outbound-rtp" && s.kind === "audio") sent += s.packetsSent;
+    });
+    return sent;
   }
 
   _lost(reason) {
