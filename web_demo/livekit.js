@@ -34,7 +34,13 @@ const modules = new Map(); // absolute module URL -> Promise of the module
 /** Import livekit-client once per URL; a failed import is forgotten so that Join can retry it. */
 export function loadLiveKit(moduleUrl) {
   // relative to the page, not to this file: `?lk=/static/livekit-client.esm.mjs` means what it says
-  const href = new URL(moduleUrl, location.href).href;
+  const url = new URL(moduleUrl, location.href);
+  const href = url.href;
+  // `?lk=` runs a script with this page's rights (and its token): only this origin, a loopback
+  // host or the pinned CDN build may be loaded, never an address a link made up.
+  const trusted = url.origin === location.origin || ["127.0.0.1", "localhost", "[::1]"].includes(url.hostname) ||
+    href === DEFAULT_MODULE_URL;
+  if (!trusted) return Promise.reject(new LiveKitLoadError(href, "refused: ?lk= must be on this origin or loopback"));
   let loading = modules.get(href);
   if (!loading) {
     loading = import(href).then(
