@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -11,13 +10,13 @@ from fastapi.responses import FileResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from agent.runtime import Agent
+from web_demo import DEMO_DIR
 
 from . import problems
 from .livekit_mode import livekit_router
 from .limits import BodyGuard, RateLimiter
 from .routers import health, rooms, synthesize, tokens, voices, whep
 
-DEMO_DIR = Path(__file__).resolve().parent.parent / "web_demo"
 
 
 def create_app(agent: Agent) -> FastAPI:
