@@ -41,6 +41,7 @@ class CapturedPublisher:
         self.tracks: list[rtc.LocalAudioTrack] = []
         self.data: list[tuple[dict, str, list[str]]] = []  # (event, topic, destinations)
         self.texts: list[tuple[str, str, dict]] = []
+        self.subscriptions: list[tuple[str, bool]] = []  # (publication sid, subscribe?)
         self.changed = asyncio.Event()
 
     async def publish_track(self, track: rtc.LocalAudioTrack) -> str:
@@ -54,6 +55,9 @@ class CapturedPublisher:
     async def publish_text(self, text: str, *, topic: str, attributes: dict[str, str]) -> None:
         self.texts.append((text, topic, dict(attributes)))
         self.changed.set()
+
+    def set_subscribed(self, publication: rtc.RemoteTrackPublication, subscribed: bool) -> None:
+        self.subscriptions.append((publication.sid, subscribed))
 
     def events(self, type_: str | None = None, to: list[str] | None = None) -> list[dict]:
         return [ev for ev, _, dest in self.data if (type_ is None or ev["type"] == type_) and (to is None or dest == to)]

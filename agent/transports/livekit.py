@@ -10,6 +10,14 @@ and never creates a task:
 - `AudioPump` takes frames from the clock (sync `push`) and awaits
   `AudioSource.capture_frame` one after another; frames come from a small free list.
 - `Outbox` sends data packets and transcriptions in the order the room produced them.
+
+Barge-in (the agent listens): while the room's barge-in mode is not `off`, the agent
+subscribes to the participants' microphone tracks (never its own or another agent's) and
+reads each through `rtc.AudioStream` at 16 kHz mono into a `Listener` (agent/listening.py).
+While it is `off` nothing is subscribed, so the SFU forwards nothing and nothing is decoded.
+The Speaker has no hook for a mode change, so the transport looks again where one can
+happen: after every data packet (a `configure`), at join (the agent's settings) and when a
+participant or a track appears.
 """
 
 from __future__ import annotations
@@ -26,7 +34,9 @@ import numpy as np
 from livekit import rtc
 
 from ..audio import FRAME_SAMPLES, SAMPLE_RATE
+from ..listening import Listener, Listening
 from ..rooms import Room, RoomRegistry
+from ..vad import SAMPLE_RATE as VAD_RATE
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +53,7 @@ AUDIO_BACKLOG_FRAMES = 5  # frames waiting for capture_frame; beyond this the ol
 OUTBOX_LIMIT = 1000  # pending data packets; a stuck connection never grows memory
 SERVER_SENDER = "livekit-server"  # data sent by a server SDK (RoomService.send_data) has no participant
 PEER_ID = "livekit"  # in LiveKit mode the room's one "peer" is the SFU; fan-out is its job
+LISTEN_RATE = VAD_RATE  # 16 kHz: the SDK resamples (and downmixes) before Python sees a frame
 
 
 class RoomPublisher(Protocol):
@@ -55,6 +66,9 @@ class RoomPublisher(Protocol):
     async def publish_data(self, payload: bytes, *, topic: str, destination_identities: list[str]) -> None: ...
 
     async def publish_text(self, text: str, *, topic: str, attributes: dict[str, str]) -> None: ...
+
+    def set_subscribed(self, publication: rtc.RemoteTrackPublication, subscribed: bool) -> None:
+        """Ask the server to start or stop sending a remote track to the agent."""
 
 
 class LocalParticipantPublisher:
@@ -75,6 +89,9 @@ class LocalParticipantPublisher:
         writer = await self.room.local_participant.stream_text(topic=topic, attributes=attributes)
         await writer.write(text)
         await writer.aclose()
+
+    def set_subscribed(self, publication: rtc.RemoteTrackPublication, subscribed: bool) -> None:
+        publication.set_subscribed(subscribed)
 
 
 class AudioPump:
@@ -180,6 +197,40 @@ class Outbox:
             await asyncio.gather(self._task, return_exceptions=True)
 
 
+class MicReader:
+    """One subscribed microphone track → `rtc.AudioStream` (16 kHz mono) → its `Listener`.
+
+    The task owns the stream and the listener: however it ends (the track or participant
+    gone, barge-in off, the room closing), it closes the stream and removes the listener."""
+
+    def __init__(self, listening: Listening, listener: Listener, track: rtc.Track, sid: str):
+        self.listening = listening
+        self.listener = listener
+        self.sid = sid
+        self.identity = listener.participant
+        self.stream = rtc.AudioStream.from_track(track=track, sample_rate=LISTEN_RATE, num_channels=1)
+        self.frames = 0
+        self.task = asyncio.get_running_loop().create_task(self._run(), name=f"livekit-listen-{sid}")
+
+    async def _run(self) -> None:
+        try:
+            async for ev in self.stream:
+                self.listener.feed_pcm(ev.frame.data, ev.frame.sample_rate)
+                self.frames += 1
+                if not self.listener.active:
+                    return  # barge-in went off (or the room closed): stop reading at once
+        finally:
+            self.listening.remove(self.listener)
+            await self.stream.aclose()
+
+    def stop(self) -> None:
+        self.task.cancel()
+
+    async def aclose(self) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+
 class LiveKitRoomSink:
     """A room's frames into the AudioSource, its events as data packets and transcriptions."""
 
@@ -226,6 +277,13 @@ class LiveKitSession:
     left: asyncio.Event = field(default_factory=asyncio.Event)
     transport: "LiveKitTransport | None" = None
     leaving: bool = False
+    identity: str = ""  # the agent's own identity in this room ("" before connecting)
+    requested: set[str] = field(default_factory=set)  # mic publications we asked to subscribe
+    readers: dict[str, MicReader] = field(default_factory=dict)  # by track publication sid
+
+    @property
+    def listening_on(self) -> bool:
+        return self.room is not None and not self.room.closed and self.room.speaker.barge_in.mode != "off"
 
     def publish_event(self, payload: bytes, to: str | None) -> None:
         destinations = [] if to is None else [to]
@@ -243,14 +301,24 @@ class LiveKitSession:
 
 
 async def _connect(room: rtc.Room, url: str, token: str) -> None:
-    await room.connect(url, token, rtc.RoomOptions(auto_subscribe=False))  # we listen to data only
+    # no auto-subscribe: microphones are subscribed one by one, only while barge-in is on
+    await room.connect(url, token, rtc.RoomOptions(auto_subscribe=False))
+
+
+def _is_agent(participant: rtc.RemoteParticipant, own_identity: str) -> bool:
+    return participant.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT or participant.identity == own_identity
+
+
+def _is_microphone(publication: rtc.TrackPublication) -> bool:
+    return publication.source == rtc.TrackSource.SOURCE_MICROPHONE and publication.kind == rtc.TrackKind.KIND_AUDIO
 
 
 class LiveKitTransport:
     """Rooms on a LiveKit server: join (connect + attach), the protocol in, leave.
 
     `room_factory`, `connect` and `publisher_factory` are injectable so tests can attach a
-    real, never-connected `rtc.Room`, emit its events and capture what would be published."""
+    real, never-connected `rtc.Room`, emit its events and capture what would be published.
+    `listening` holds every listened microphone (barge-in); one per process is enough."""
 
     def __init__(
         self,
@@ -260,8 +328,10 @@ class LiveKitTransport:
         connect: Callable[[rtc.Room, str, str], Awaitable[None]] = _connect,
         publisher_factory: Callable[[rtc.Room], RoomPublisher] = LocalParticipantPublisher,
         source_queue_ms: int = SOURCE_QUEUE_MS,
+        listening: Listening | None = None,
     ):
         self.rooms = rooms
+        self.listening = listening if listening is not None else Listening()
         self.room_factory = room_factory
         self.connect = connect
         self.publisher_factory = publisher_factory
@@ -292,6 +362,8 @@ class LiveKitTransport:
         track = rtc.LocalAudioTrack.create_audio_track(TRACK_NAME, source)
         session = LiveKitSession(room_name, lk_room, self.publisher_factory(lk_room), source, track,
                                  AudioPump(source), Outbox(), transport=self)
+        if lk_room.isconnected():
+            session.identity = lk_room.local_participant.identity
         session.track_sid = await session.publisher.publish_track(track)
         self._attaching = session
         try:
@@ -307,6 +379,7 @@ class LiveKitTransport:
         # participants already in the room when the agent arrived (none for a fresh room)
         for participant in list(lk_room.remote_participants.values()):
             self._participant_joined(session, participant.identity)
+        self._sync_listening(session)  # the agent's settings may have barge-in on from the start
         log.info("joined livekit room", extra={"room": room_name})
         return session
 
@@ -322,14 +395,45 @@ class LiveKitTransport:
             reply = session.room.receive(packet.data, sender or SERVER_SENDER)
             if reply is not None and sender is not None:
                 session.publish_event(_dumps(reply), sender)
+            self._sync_listening(session)  # a `configure` may have turned barge-in on or off
+
+        @lk_room.on("track_published")
+        def on_published(publication: rtc.RemoteTrackPublication, participant: rtc.RemoteParticipant) -> None:
+            self._sync_listening(session)
+
+        @lk_room.on("track_subscribed")
+        def on_subscribed(track: rtc.Track, publication: rtc.RemoteTrackPublication,
+                          participant: rtc.RemoteParticipant) -> None:
+            self._track_subscribed(session, track, publication, participant)
+
+        @lk_room.on("track_unsubscribed")
+        def on_unsubscribed(track: rtc.Track, publication: rtc.RemoteTrackPublication,
+                            participant: rtc.RemoteParticipant) -> None:
+            reader = session.readers.pop(publication.sid, None)
+            if reader is not None:
+                reader.stop()
+
+        @lk_room.on("track_unpublished")
+        def on_unpublished(publication: rtc.RemoteTrackPublication, participant: rtc.RemoteParticipant) -> None:
+            session.requested.discard(publication.sid)
+            reader = session.readers.pop(publication.sid, None)
+            if reader is not None:
+                reader.stop()
 
         @lk_room.on("participant_connected")
         def on_joined(participant: rtc.RemoteParticipant) -> None:
             self._participant_joined(session, participant.identity)
+            self._sync_listening(session)  # tracks it published before joining come with it
 
         @lk_room.on("participant_disconnected")
         def on_left(participant: rtc.RemoteParticipant) -> None:
             session.participants.discard(participant.identity)
+            for sid in participant.track_publications:
+                session.requested.discard(sid)
+            for sid, reader in list(session.readers.items()):
+                if reader.identity == participant.identity:
+                    del session.readers[sid]
+                    reader.stop()
             room = session.room
             if room is None or room.closed:
                 return
@@ -342,6 +446,53 @@ class LiveKitTransport:
         def on_disconnected(reason=None) -> None:
             if not session.leaving:
                 asyncio.get_running_loop().create_task(self.leave(session), name=f"livekit-leave-{session.name}")
+
+    # -- barge-in: microphones in ---------------------------------------------------------
+
+    def _sync_listening(self, session: LiveKitSession) -> None:
+        """Subscribe to every participant's microphone while barge-in is on; while it is off,
+        unsubscribe and stop reading. Cheap when nothing changed: a walk over the room's
+        publications (rooms are small) and no server request."""
+        on = session.listening_on and not session.leaving
+        for participant in list(session.lk_room.remote_participants.values()):
+            if _is_agent(participant, session.identity):
+                continue
+            for publication in list(participant.track_publications.values()):
+                if not _is_microphone(publication):
+                    continue
+                if on and publication.sid not in session.requested:
+                    self._subscribe(session, publication, True)
+                elif not on and publication.sid in session.requested:
+                    self._subscribe(session, publication, False)
+        if not on:
+            for reader in session.readers.values():
+                reader.stop()
+            session.readers.clear()
+
+    def _subscribe(self, session: LiveKitSession, publication: rtc.RemoteTrackPublication, subscribed: bool) -> None:
+        if subscribed:
+            session.requested.add(publication.sid)
+        else:
+            session.requested.discard(publication.sid)
+        try:
+            session.publisher.set_subscribed(publication, subscribed)
+        except Exception:  # the publication went away under us: nothing left to (un)subscribe
+            log.debug("set_subscribed(%s) failed", subscribed, exc_info=True)
+
+    def _track_subscribed(self, session: LiveKitSession, track: rtc.Track, publication: rtc.RemoteTrackPublication,
+                          participant: rtc.RemoteParticipant) -> None:
+        if not _is_microphone(publication) or _is_agent(participant, session.identity):
+            return
+        if not session.listening_on or session.leaving:
+            # barge-in went off between asking and getting the track: no stream, let it go
+            self._subscribe(session, publication, False)
+            return
+        old = session.readers.pop(publication.sid, None)
+        if old is not None:
+            old.stop()
+        session.requested.add(publication.sid)
+        listener = self.listening.listen(session.room, participant.identity)
+        session.readers[publication.sid] = MicReader(self.listening, listener, track, publication.sid)
 
     def _participant_joined(self, session: LiveKitSession, identity: str) -> None:
         room = session.room
@@ -362,6 +513,9 @@ class LiveKitTransport:
         if room is not None and not room.closed:
             room.peers.pop(PEER_ID, None)  # close_room keeps a room that still has peers
             self.rooms.close_room(room, "disconnect")
+        readers = list(session.readers.values())
+        session.readers.clear()
+        await asyncio.gather(*(r.aclose() for r in readers))  # before the room goes: no reads after it
         await session.outbox.flush(flush_s)  # the final `interrupted` events reach the clients
         await session.outbox.aclose()
         await session.audio.aclose()
