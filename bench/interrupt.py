@@ -23,7 +23,7 @@ async def _last_packet_after(client: RoomClient, after: float) -> float:
     last = after
     while True:
         try:
-            packet = await client.wait_packet(last, timeout=QUIET_S)
+            await client.wait_packet(last, timeout=QUIET_S)
         except asyncio.TimeoutError:
             return last
         last = max(p.arrival for p in client.packets[-8:])

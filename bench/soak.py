@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import gc
 import json
-import os
 import random
 import sys
 import time

@@ -76,3 +76,26 @@ class Engine(Protocol):
     def voices(self) -> list[Voice]: ...
 
     def stream(self, text: str, voice: Voice, speed: float = 1.0) -> AsyncIterator[AudioChunk]: ...
+
+
+class EngineWrapper:
+    """An engine in front of another (cache, fallback): the same voices and availability,
+    and anything else (origin(), warm(), close()) passed through to the inner engine."""
+
+    def __init__(self, inner: Engine):
+        self.inner = inner
+        self.name = inner.name
+
+    @property
+    def available(self) -> bool:
+        return self.inner.available
+
+    @property
+    def unavailable_reason(self) -> str | None:
+        return self.inner.unavailable_reason
+
+    def voices(self) -> list[Voice]:
+        return self.inner.voices()
+
+    def __getattr__(self, attr: str):
+        return getattr(self.inner, attr)

@@ -9,11 +9,11 @@ leaves nothing behind, so a hit always plays the whole phrase.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, AsyncIterator
+from typing import AsyncIterator
 
 from agent import metrics
 
-from .base import AudioChunk, Engine, Voice
+from .base import AudioChunk, Engine, EngineWrapper, Voice
 from .text import normalize
 
 CacheKey = tuple[str, str, float, str]
@@ -54,27 +54,12 @@ class PcmCache:
             self.bytes -= evicted
 
 
-class CachingEngine:
+class CachingEngine(EngineWrapper):
     """Wraps an engine; everything but `stream` is the inner engine's."""
 
     def __init__(self, inner: Engine, max_bytes: int, cache: PcmCache | None = None):
-        self.inner = inner
-        self.name = inner.name
+        super().__init__(inner)
         self.cache = cache if cache is not None else PcmCache(max_bytes)
-
-    @property
-    def available(self) -> bool:
-        return self.inner.available
-
-    @property
-    def unavailable_reason(self) -> str | None:
-        return self.inner.unavailable_reason
-
-    def voices(self) -> list[Voice]:
-        return self.inner.voices()
-
-    def __getattr__(self, attr: str) -> Any:  # origin(), warm(), close(), ...
-        return getattr(self.inner, attr)
 
     async def stream(self, text: str, voice: Voice, speed: float = 1.0) -> AsyncIterator[AudioChunk]:
         key: CacheKey = (self.name, voice.id, round(float(speed), 3), normalize(text, fold_case=False))

@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from typing import Any, AsyncIterator, Callable
+from typing import AsyncIterator, Callable
 
-from .base import AudioChunk, Engine, Voice
+from .base import AudioChunk, Engine, EngineWrapper, Voice
 from .text import split_sentences
 
 log = logging.getLogger(__name__)
@@ -22,23 +22,14 @@ log = logging.getLogger(__name__)
 FallbackLookup = Callable[[str], "tuple[Engine, Voice] | None"]
 
 
-class FallbackEngine:
+class FallbackEngine(EngineWrapper):
     """Wraps an engine; `voices()` gains the fallback ids `default_fallback` picks."""
 
     def __init__(self, inner: Engine, lookup: FallbackLookup,
                  default_fallback: Callable[[Voice], str | None] = lambda voice: None):
-        self.inner = inner
-        self.name = inner.name
+        super().__init__(inner)
         self._lookup = lookup
         self._default_fallback = default_fallback
-
-    @property
-    def available(self) -> bool:
-        return self.inner.available
-
-    @property
-    def unavailable_reason(self) -> str | None:
-        return self.inner.unavailable_reason
 
     def voices(self) -> list[Voice]:
         out = []
@@ -49,9 +40,6 @@ class FallbackEngine:
                     voice = dataclasses.replace(voice, fallback=fallback)
             out.append(voice)
         return out
-
-    def __getattr__(self, attr: str) -> Any:  # origin(), warm(), close(), cache, ...
-        return getattr(self.inner, attr)
 
     async def stream(self, text: str, voice: Voice, speed: float = 1.0) -> AsyncIterator[AudioChunk]:
         target = self._lookup(voice.fallback) if voice.fallback else None

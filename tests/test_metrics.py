@@ -13,7 +13,6 @@ import subprocess
 import sys
 
 import httpx
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.logs import JsonFormatter, TextFormatter, setup_logging

@@ -12,7 +12,6 @@ import socket
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import httpx
-import numpy as np
 import pytest
 
 from agent.audio import FRAME_SAMPLES
