@@ -17,6 +17,20 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
 
+def tap_rtp(pc: RTCPeerConnection, track, on_packet, *, forward: bool = True) -> None:
+    """Call `on_packet(rtp_packet)` as each RTP packet of `track` arrives, before aiortc's
+    ~80 ms jitter buffer. With forward=False the packet goes no further (nothing decoded)."""
+    receiver = next(t.receiver for t in pc.getTransceivers() if t.receiver.track is track)
+    original = receiver._handle_rtp_packet
+
+    async def tapped(packet, arrival_time_ms):
+        on_packet(packet)
+        if forward:
+            await original(packet, arrival_time_ms)
+
+    receiver._handle_rtp_packet = tapped
+
+
 @dataclass(slots=True)
 class ReceivedPacket:
     arrival: float  # time.perf_counter() when the RTP packet reached the client
@@ -55,16 +69,8 @@ class RoomClient:
 
         @pc.on("track")
         def on_track(track) -> None:
-            # Tap RTP at arrival: aiortc's jitter buffer would add ~80 ms before decode.
-            receiver = next(t.receiver for t in pc.getTransceivers() if t.receiver.track is track)
-            original = receiver._handle_rtp_packet
-
-            async def tapped(packet, arrival_time_ms):
-                self._on_packet(ReceivedPacket(time.perf_counter(), packet.timestamp, packet.sequence_number,
-                                               packet.payload))
-                return await original(packet, arrival_time_ms)
-
-            receiver._handle_rtp_packet = tapped
+            tap_rtp(pc, track, lambda packet: self._on_packet(ReceivedPacket(
+                time.perf_counter(), packet.timestamp, packet.sequence_number, packet.payload)))
             asyncio.ensure_future(self._drain(track))
 
         await pc.setLocalDescription(await pc.createOffer())

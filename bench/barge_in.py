@@ -29,6 +29,8 @@ import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamTrack
 
+from .interrupt import last_packet_after
+
 RATE = 48_000
 FRAME = 960  # 20 ms at 48 kHz
 _TIME_BASE = fractions.Fraction(1, RATE)
@@ -156,7 +158,6 @@ class MicrophoneTrack(MediaStreamTrack):
 LONG_TEXT = ("This sentence is long on purpose, so that the agent is still talking when the person "
              "starts, trial {i}. And it goes on for a while after that, too, with more to say.")
 INTERRUPT_SENTENCE = "Hold on, please, one question."
-QUIET_S = 0.2  # ten frame slots with no packet: the utterance is over
 NOISES = {  # name: (signal maker taking seconds) — what a microphone hears when nobody talks
     "white noise -50 dBFS": lambda s: noise(-50, s),
     "white noise -35 dBFS": lambda s: noise(-35, s, seed=2),
@@ -206,15 +207,6 @@ def _server():
     return ServerProcess(["-m", "bench.barge_in", "serve", "--log-level", "WARNING"], name="tts-agent-barge-in")
 
 
-async def _last_packet_after(client, after: float) -> float:
-    last = after
-    while True:
-        try:
-            await client.wait_packet(last, timeout=QUIET_S)
-        except asyncio.TimeoutError:
-            return last
-        last = max(p.arrival for p in client.packets[-8:])
-
 
 async def measure_latency(base_url: str, trials: int) -> list[dict]:
     """Onset of speech in the sent track → what the client sees, one interrupt per trial."""
@@ -246,7 +238,7 @@ async def measure_latency(base_url: str, trials: int) -> list[dict]:
             heard = client.events_of("user_speech")[n_before]
             await asyncio.wait_for(clip.done.wait(), 10)
             onset = clip.started + onset_in_clip
-            last = await _last_packet_after(client, interrupted["_arrival"] - 0.1)
+            last = await last_packet_after(client, interrupted["_arrival"] - 0.1)
             samples.append({
                 "reason": interrupted["reason"],
                 "onset_to_last_packet_ms": round((last - onset) * 1000, 1),

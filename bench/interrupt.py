@@ -18,7 +18,7 @@ LONG_TEXT = ("This sentence is long on purpose, so that there is always more to 
 QUIET_S = 0.2  # ten frame slots with no packet: the utterance is over
 
 
-async def _last_packet_after(client: RoomClient, after: float) -> float:
+async def last_packet_after(client: RoomClient, after: float) -> float:
     """Arrival time of the last packet before the stream has been quiet for QUIET_S."""
     last = after
     while True:
@@ -44,7 +44,7 @@ async def measure(base_url: str, n: int, room: str = "bench-interrupt") -> list[
                 await client.wait_packet(client.packets[-1].arrival if client.packets else started["_arrival"])
             sent = client.send({"type": "interrupt", "id": uid})
             interrupted = await client.wait_event("interrupted", timeout=10, id=uid)
-            last = await _last_packet_after(client, sent)
+            last = await last_packet_after(client, sent)
             samples.append({"client_last_packet_ms": round((last - sent) * 1000, 3) if last > sent else 0.0,
                             "interrupted_event_ms": round((interrupted["_arrival"] - sent) * 1000, 3),
                             "played_ms": interrupted.get("played_ms")})

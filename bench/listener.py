@@ -15,6 +15,8 @@ from array import array
 import httpx
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
+from agent.client import tap_rtp
+
 
 class Listener:
     def __init__(self, http: httpx.AsyncClient, room: str, token: str):
@@ -39,14 +41,13 @@ class Listener:
 
         @pc.on("track")
         def on_track(track) -> None:
-            receiver = next(t.receiver for t in pc.getTransceivers() if t.receiver.track is track)
             arrivals, timestamps = self.arrivals, self.timestamps
 
-            async def count_only(packet, arrival_time_ms) -> None:
+            def count_only(packet) -> None:  # no jitter buffer, no decode: the load stays cheap
                 arrivals.append(time.perf_counter())
                 timestamps.append(packet.timestamp)
 
-            receiver._handle_rtp_packet = count_only
+            tap_rtp(pc, track, count_only, forward=False)
 
         await pc.setLocalDescription(await pc.createOffer())
         resp = await self.http.post(f"/v1/rooms/{self.room}/whep", content=pc.localDescription.sdp,
