@@ -1,36 +1,33 @@
 """Embedded rooms over plain WebRTC (aiortc), signalled with WHEP (RFC 9725).
 
-Each room encodes a frame to Opus once and hands the same `av.Packet` to every peer's
-track; aiortc packs pre-encoded packets without touching them, so per peer only RTP
-and SRTP remain. The data channel labelled `tts` carries the room protocol.
+Each room encodes a frame to Opus once and sends the same payload to every peer from the
+clock's tick (`RtpOut`): per peer only the RTP header, SRTP and one `sendto` remain. The
+data channel labelled `tts` carries the room protocol.
 """
 
 from __future__ import annotations
 
 import asyncio
-import fractions
 import logging
 import re
 import secrets
-from collections import deque
 from dataclasses import dataclass, field
 
 import aioice.ice
-import av
 import numpy as np
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from ..audio import FRAME_SAMPLES, SAMPLE_RATE
+from ..audio import FRAME_SAMPLES
+from ..opus import make_encoder
 from ..rooms import Room, RoomLimit, RoomRegistry
 from ..settings import Settings, is_loopback
+from .rtp_out import PacketTrack, RtpOut, ntp_now
 
 log = logging.getLogger(__name__)
 
 DATA_CHANNEL_LABEL = "tts"
 ICE_CONNECT_S = 15.0  # a session whose peer never connects is reaped after this
 MAX_MEDIA_SECTIONS = 8
-_TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
 
 
 class OfferError(ValueError):
@@ -54,69 +51,29 @@ def configure_ice(settings: Settings) -> None:
         use_ice_addresses(["127.0.0.1"])  # media never leaves loopback in dev
 
 
-class PacketTrack(MediaStreamTrack):
-    """An audio track whose `recv()` hands out the room's already-encoded Opus packets."""
-
-    kind = "audio"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._packets: deque[av.Packet] = deque(maxlen=4)  # a stuck sender never grows memory
-        self._waiter: asyncio.Future | None = None
-
-    def push(self, packet: av.Packet) -> None:
-        self._packets.append(packet)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def recv(self) -> av.Packet:
-        while not self._packets:
-            if self.readyState != "live":
-                raise MediaStreamError
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        return self._packets.popleft()
-
-    def stop(self) -> None:
-        super().stop()
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-
 class OpusRoomSink:
     """A room's frames, encoded once, to every peer; its events to the data channels."""
 
     def __init__(self, room: Room, bitrate: int, application: str = "lowdelay", complexity: int = 0):
         self.room = room
-        self.tracks: dict[str, PacketTrack] = {}
+        self.outputs: dict[str, RtpOut] = {}
         self.channels: dict[str, object] = {}
-        self._encoder = av.CodecContext.create("libopus", "w")
-        self._encoder.sample_rate = SAMPLE_RATE
-        self._encoder.layout = "mono"
-        self._encoder.format = "s16"
-        self._encoder.bit_rate = bitrate
-        # 20 ms frames (the RTP ptime); application and complexity: see Settings
-        self._encoder.options = {"application": application, "frame_duration": "20",
-                                 "compression_level": str(complexity)}
-        self._encoder.open()
+        self._encoder = make_encoder(bitrate, application, complexity)
+        self._next_slot = -1
         self.packets = 0
 
     def send_frame(self, pcm: np.ndarray, slot: int) -> None:
-        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, FRAME_SAMPLES), format="s16", layout="mono")
-        frame.sample_rate = SAMPLE_RATE
-        for packet in self._encoder.encode(frame):
-            packet.pts = slot * FRAME_SAMPLES  # RTP timestamp follows the clock slot
-            packet.time_base = _TIME_BASE
-            self.packets += 1
-            for track in self.tracks.values():
-                track.push(packet)
+        payload = self._encoder.encode(pcm)
+        marker = slot != self._next_slot  # the first packet of a talkspurt (RFC 3551)
+        self._next_slot = slot + 1
+        self.packets += 1
+        if self.outputs:
+            timestamp, ntp = slot * FRAME_SAMPLES, ntp_now()  # RTP timestamps follow the clock slot
+            for out in self.outputs.values():
+                out.send(payload, timestamp, marker, ntp)
 
     def discard_buffered(self) -> None:
-        pass  # packets go straight to the peers' senders; nothing waits downstream
+        pass  # packets go straight to the peers; nothing waits downstream
 
     def send_event(self, data: str, to: str | None) -> None:
         if to is None:
@@ -128,10 +85,11 @@ class OpusRoomSink:
                 _send(channel, data)
 
     def close(self) -> None:
-        for track in self.tracks.values():
-            track.stop()
-        self.tracks.clear()
+        for out in self.outputs.values():
+            out.stop()
+        self.outputs.clear()
         self.channels.clear()
+        self._encoder.close()
 
 
 def _send(channel, data: str) -> None:
@@ -150,7 +108,7 @@ class WhepSession:
     identity: str
     pc: RTCPeerConnection
     can_publish: bool
-    track: PacketTrack | None = None
+    audio: RtpOut | None = None
     listen_task: asyncio.Task | None = None
     connect_deadline: asyncio.TimerHandle | None = None
     closed: bool = False
@@ -249,13 +207,14 @@ class WebRTCTransport:
             # Created before the offer is applied, so it takes the first audio section and
             # only Opus is negotiated. sendrecv: the answer becomes sendonly for a recvonly
             # offer, and sendrecv when the client also sends its microphone (barge-in).
-            session.track = PacketTrack()
-            transceiver = pc.addTransceiver(session.track, direction="sendrecv")
+            track = PacketTrack()
+            transceiver = pc.addTransceiver(track, direction="sendrecv")
             transceiver.setCodecPreferences(_opus_only())
+            session.audio = RtpOut(transceiver.sender, track)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
         await pc.setLocalDescription(await pc.createAnswer())
-        if session.track is not None:
-            sink.tracks[session.peer_id] = session.track
+        if session.audio is not None:
+            sink.outputs[session.peer_id] = session.audio
 
     async def end(self, session_id: str) -> bool:
         session = self.sessions.pop(session_id, None)
@@ -266,10 +225,10 @@ class WebRTCTransport:
             session.connect_deadline.cancel()
         sink = session.room.sink
         if isinstance(sink, OpusRoomSink):
-            sink.tracks.pop(session.peer_id, None)
+            sink.outputs.pop(session.peer_id, None)
             sink.channels.pop(session.peer_id, None)
-        if session.track is not None:
-            session.track.stop()
+        if session.audio is not None:
+            session.audio.stop()
         if session.listen_task is not None:
             session.listen_task.cancel()
         session.room.remove_peer(session.peer_id, self.rooms.close_room)
