@@ -7,10 +7,37 @@ consumer stops iterating (the async generator is closed or its task cancelled).
 
 from __future__ import annotations
 
+import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Literal, Protocol, runtime_checkable
 
 import numpy as np
+
+
+log = logging.getLogger(__name__)
+
+SYNTHESIS_NICENESS = 10  # synthesis threads run this much nicer than the frame loop
+
+
+def _lower_priority() -> None:
+    """Make the calling thread yield the core to the event loop (Linux: per-thread nice).
+
+    Synthesis runs up to 1.5 s ahead of playout, so it can wait a few ms; a frame cannot.
+    On one core, a synthesis thread at the loop's priority delayed the clock's ticks by
+    whole scheduler slices. Raising one's own niceness needs no privilege."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + SYNTHESIS_NICENESS))
+    except (AttributeError, OSError) as exc:  # not Linux, or a sandbox forbids it: only scheduling suffers
+        log.debug("synthesis thread keeps its priority: %s", exc)
+
+
+def synthesis_executor(workers: int, name: str) -> ThreadPoolExecutor:
+    """The thread pool an engine synthesizes on: its threads yield to the frame loop."""
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name, initializer=_lower_priority)
 
 
 class EngineError(Exception):

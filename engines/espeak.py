@@ -12,13 +12,12 @@ import asyncio
 import ctypes
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import AsyncIterator
 
 import numpy as np
 
-from .base import AudioChunk, EngineError, Mark, Voice
+from .base import AudioChunk, EngineError, Mark, Voice, synthesis_executor
 from .text import split_for_synthesis
 
 log = logging.getLogger(__name__)
@@ -87,7 +86,7 @@ class EspeakEngine:
     name = "espeak"
 
     def __init__(self) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="espeak")
+        self._executor = synthesis_executor(1, "espeak")
         self._lib: ctypes.CDLL | None = None
         self._reason: str | None = None
         self._voices: list[Voice] = []

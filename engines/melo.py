@@ -24,7 +24,7 @@ from typing import Any, AsyncIterator
 
 import numpy as np
 
-from .base import AudioChunk, EngineError, Mark, Voice
+from .base import AudioChunk, EngineError, Mark, Voice, synthesis_executor
 from .text import split_for_synthesis
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ class MeloEngine:
             return
         for problem in problems:
             log.warning("MeloTTS checkpoint skipped: %s", problem)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="melo")
+        self._executor = synthesis_executor(1, "melo")
 
     def _add(self, language: str, folder: Path) -> None:
         for needed in ("config.json", "checkpoint.pth"):

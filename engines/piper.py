@@ -14,14 +14,13 @@ import json
 import logging
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator
 
 import numpy as np
 
-from .base import AudioChunk, EngineError, Mark, Voice
+from .base import AudioChunk, EngineError, Mark, Voice, synthesis_executor
 from .text import split_for_synthesis
 
 log = logging.getLogger(__name__)
@@ -82,7 +81,7 @@ class PiperEngine:
             self._reason = f"piper-tts is not installed ({exc}): pip install piper-tts"
             self._executor = None
             return
-        self._executor = ThreadPoolExecutor(max_workers=workers or _cpu_count(), thread_name_prefix="piper")
+        self._executor = synthesis_executor(workers or _cpu_count(), "piper")
         dirs = [Path(d).expanduser() for d in (voices_dirs or [])]
         dirs += [Path(p).expanduser() for p in os.environ.get(VOICES_DIR_ENV, "").split(os.pathsep) if p]
         dirs.append(default_voices_dir())
