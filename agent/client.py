@@ -37,6 +37,9 @@ class ReceivedPacket:
     timestamp: int  # RTP timestamp
     sequence: int
     payload: bytes
+    marker: int = 0
+    payload_type: int = 0
+    ssrc: int = 0
 
 
 @dataclass
@@ -70,7 +73,8 @@ class RoomClient:
         @pc.on("track")
         def on_track(track) -> None:
             tap_rtp(pc, track, lambda packet: self._on_packet(ReceivedPacket(
-                time.perf_counter(), packet.timestamp, packet.sequence_number, packet.payload)))
+                time.perf_counter(), packet.timestamp, packet.sequence_number, packet.payload,
+                packet.marker, packet.payload_type, packet.ssrc)))
             asyncio.ensure_future(self._drain(track))
 
         await pc.setLocalDescription(await pc.createOffer())

@@ -21,3 +21,10 @@ SYNTH_RTF = Histogram(
     buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0),
 )
 ERRORS = Counter("tts_errors_total", "Error events sent, by code", ["code"])
+_TICK_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.02, 0.05)
+TICK_LAG = Histogram("tts_clock_tick_lag_seconds", "Frame clock tick start after its deadline (loop congestion)",
+                     buckets=_TICK_BUCKETS)
+GC_PAUSE = Histogram("tts_gc_pause_seconds", "Garbage collector passes (the loop stands still meanwhile)",
+                     ["generation"], buckets=_TICK_BUCKETS)
+TICK_WORK = Histogram("tts_clock_tick_seconds", "Time one frame clock tick spends framing, encoding and sending",
+                      buckets=_TICK_BUCKETS)

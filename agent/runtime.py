@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import time
 
@@ -12,6 +11,7 @@ from engines.base import Engine
 from engines.registry import VoiceRegistry
 
 from .auth import TokenAuthority
+from .gc_tuning import tune_gc
 from .protocol import ErrorCode, ProtocolError, Synthesize, parse_command
 from .rooms import Room, RoomRegistry
 from .settings import Settings
@@ -19,19 +19,6 @@ from .listening import attach_listening
 from .transports.webrtc import WebRTCTransport
 
 log = logging.getLogger(__name__)
-
-
-def tune_gc() -> None:
-    """CPython's collector stops the event loop while it runs: measured here with 100 rooms,
-    gen-1 passes took up to 50 ms and full ones 150 ms, each a burst of late frames. Objects
-    that exist once the process is up (engines, app, models) never become garbage, so they
-    are frozen out of every future pass, and young passes run less often."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_GEN0_THRESHOLD, 20, 100)
-
-
-GC_GEN0_THRESHOLD = 20_000
 
 
 class Agent:

@@ -349,7 +349,8 @@ class Speaker:
         synth_s = 0.0  # time spent waiting on the engine (not on playout)
         try:
             async for text in self._texts(utt):
-                stream = engine.stream(text, utt.voice, utt.speed)
+                # at 48 kHz where the engine can: resampled on its threads, off this loop
+                stream = engine.stream(text, utt.voice, utt.speed, sample_rate=SAMPLE_RATE)
                 try:
                     while True:
                         t0 = time.perf_counter()

@@ -102,7 +102,21 @@ class Engine(Protocol):
 
     def voices(self) -> list[Voice]: ...
 
-    def stream(self, text: str, voice: Voice, speed: float = 1.0) -> AsyncIterator[AudioChunk]: ...
+    def stream(self, text: str, voice: Voice, speed: float = 1.0,
+               sample_rate: int | None = None) -> AsyncIterator[AudioChunk]:
+        """Chunks of `text` spoken in `voice`. `sample_rate` is the rate the consumer wants:
+        an engine may deliver it, resampling on its own threads rather than the event loop's,
+        or ignore it. Every chunk says its own rate either way."""
+        ...
+
+
+def resample(pcm: np.ndarray, rate_in: int, rate_out: int | None) -> np.ndarray:
+    """Whole-piece int16 resampling (libsoxr, releases the GIL): for engine threads."""
+    if not rate_out or rate_out == rate_in or not len(pcm):
+        return pcm
+    import soxr
+
+    return soxr.resample(pcm, rate_in, rate_out)
 
 
 class EngineWrapper:

@@ -1,9 +1,11 @@
 """A PCM cache in front of an engine: repeated phrases (danmu's hundredth "thank you") are
 served from memory, not synthesized again.
 
-LRU, bounded in bytes of PCM, keyed by (engine, voice, speed, text with spaces normalized).
+LRU, bounded in bytes of PCM, keyed by (engine, voice, speed, output rate, text with spaces normalized).
 Only complete results are stored: a stream the consumer closed early or one that failed
-leaves nothing behind, so a hit always plays the whole phrase.
+leaves nothing behind, so a hit always plays the whole phrase. Long texts are not kept at
+all (`MAX_ENTRY_BYTES`): a copy of a minute of speech per room would only churn the cache
+(and the garbage collector) for a phrase unlikely to come again word for word.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from agent import metrics
 from .base import AudioChunk, Engine, EngineWrapper, Voice
 from .text import normalize
 
-CacheKey = tuple[str, str, float, str]
+CacheKey = tuple[str, str, float, int | None, str]
+MAX_ENTRY_BYTES = 1 << 20  # about 11 s of 48 kHz PCM: greetings and chat lines, not readings
 
 
 class PcmCache:
@@ -61,8 +64,9 @@ class CachingEngine(EngineWrapper):
         super().__init__(inner)
         self.cache = cache if cache is not None else PcmCache(max_bytes)
 
-    async def stream(self, text: str, voice: Voice, speed: float = 1.0) -> AsyncIterator[AudioChunk]:
-        key: CacheKey = (self.name, voice.id, round(float(speed), 3), normalize(text, fold_case=False))
+    async def stream(self, text: str, voice: Voice, speed: float = 1.0,
+                     sample_rate: int | None = None) -> AsyncIterator[AudioChunk]:
+        key: CacheKey = (self.name, voice.id, round(float(speed), 3), sample_rate, normalize(text, fold_case=False))
         hit = self.cache.get(key)
         if hit is not None:
             metrics.CACHE.labels("hit").inc()
@@ -71,10 +75,17 @@ class CachingEngine(EngineWrapper):
                 yield AudioChunk(chunk.pcm, chunk.sample_rate, list(chunk.marks), chunk.notice)
             return
         metrics.CACHE.labels("miss").inc()
-        chunks: list[AudioChunk] = []
-        async for chunk in self.inner.stream(text, voice, speed):
-            chunks.append(AudioChunk(chunk.pcm.copy(), chunk.sample_rate, list(chunk.marks), chunk.notice))
+        chunks: list[AudioChunk] | None = []
+        size = 0
+        limit = min(MAX_ENTRY_BYTES, self.cache.max_bytes)
+        async for chunk in self.inner.stream(text, voice, speed, sample_rate):
+            if chunks is not None:
+                size += chunk.pcm.nbytes
+                if size > limit or chunk.notice:  # too long to keep, or not what this voice sounds like
+                    chunks = None
+                else:
+                    chunks.append(AudioChunk(chunk.pcm.copy(), chunk.sample_rate, list(chunk.marks)))
             yield chunk
         # reached only when the inner stream ended normally and the consumer read it all
-        if chunks and not any(c.notice for c in chunks):
+        if chunks:
             self.cache.put(key, chunks)

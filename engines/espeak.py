@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import AsyncIterator
 
 import numpy as np
+import soxr
 
 from .base import AudioChunk, EngineError, Mark, Voice, synthesis_executor
 from .text import split_for_synthesis
@@ -29,7 +30,7 @@ POS_CHARACTER = 1
 PARAM_RATE = 1
 EVENT_LIST_TERMINATED = 0
 EVENT_WORD = 1
-BUFFER_MS = 100  # audio per callback: eSpeak makes 100 ms in well under 1 ms, and fewer, larger chunks halve the per-chunk cost downstream
+BUFFER_MS = 200  # audio per callback: eSpeak makes 200 ms in well under 1 ms, and fewer, larger chunks cut the per-chunk cost downstream
 BASE_WPM = 175
 
 
@@ -70,22 +71,44 @@ _CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctype
 class _Job:
     """One sentence being synthesized: where its chunks go and whether to stop."""
 
-    __slots__ = ("loop", "queue", "cancel", "text", "emitted", "pending", "sample_rate")
+    __slots__ = ("loop", "queue", "cancel", "text", "emitted", "pending", "sample_rate", "out_rate", "resampler",
+                 "out_emitted")
 
-    def __init__(self, loop, queue, text: str, sample_rate: int):
+    def __init__(self, loop, queue, text: str, sample_rate: int, out_rate: int | None):
         self.loop = loop
         self.queue = queue
         self.cancel = threading.Event()
         self.text = text
-        self.emitted = 0  # samples handed out so far
+        self.emitted = 0  # samples handed out so far (at the engine's rate)
         self.pending: list[tuple[int, Mark]] = [(0, Mark("sentence", text, 0))]  # (absolute sample, mark)
         self.sample_rate = sample_rate
+        # Resampled here, on the engine thread (libsoxr releases the GIL), not on the event loop
+        self.out_rate = out_rate if out_rate and out_rate != sample_rate else sample_rate
+        self.resampler = (soxr.ResampleStream(sample_rate, self.out_rate, 1, dtype="int16")
+                          if self.out_rate != sample_rate else None)
+        self.out_emitted = 0  # samples handed out so far (at the output rate)
+
+    def chunk(self, pcm: np.ndarray, marks: list[tuple[int, Mark]], last: bool = False) -> AudioChunk:
+        """A chunk of the engine's `pcm` with `marks` at absolute input samples."""
+        if self.resampler is not None:
+            # libsoxr hands out uneven blocks (and holds some back until the last call), so
+            # marks are placed by their absolute time, not scaled inside the chunk
+            pcm = self.resampler.resample_chunk(pcm, last=last)
+        else:
+            pcm = pcm.copy()  # eSpeak reuses its buffer
+        rate = self.out_rate
+        chunk = AudioChunk(pcm, rate, [Mark(m.kind, m.text, max(0, at * rate // self.sample_rate - self.out_emitted))
+                                       for at, m in marks])
+        self.out_emitted += len(pcm)
+        return chunk
 
 
 class EspeakEngine:
     name = "espeak"
+    _in_use = threading.Lock()  # the library is one per process: so is a working engine
 
     def __init__(self) -> None:
+        self._owner = EspeakEngine._in_use.acquire(blocking=False)
         self._executor = synthesis_executor(1, "espeak")
         self._lib: ctypes.CDLL | None = None
         self._reason: str | None = None
@@ -95,6 +118,11 @@ class EspeakEngine:
         self._job: _Job | None = None
         self._callback = _CALLBACK(self._on_audio)  # keep a reference: C holds a pointer
         self.sample_rate = 22050
+        if not self._owner:
+            # a second instance would swap the library's callback under the first one's feet
+            self._reason = "eSpeak NG is already in use by another engine in this process"
+            log.warning(self._reason)
+            return
         try:
             self._executor.submit(self._initialize).result()
         except Exception as exc:  # the engine reports itself unavailable, never crashes
@@ -114,7 +142,8 @@ class EspeakEngine:
     def voices(self) -> list[Voice]:
         return list(self._voices)
 
-    async def stream(self, text: str, voice: Voice, speed: float = 1.0) -> AsyncIterator[AudioChunk]:
+    async def stream(self, text: str, voice: Voice, speed: float = 1.0,
+                     sample_rate: int | None = None) -> AsyncIterator[AudioChunk]:
         if self._lib is None:
             raise EngineError(self._reason or "eSpeak NG is not available")
         identifier = self._identifiers.get(voice.id)
@@ -124,7 +153,7 @@ class EspeakEngine:
         loop = asyncio.get_running_loop()
         for piece in split_for_synthesis(text):
             queue: asyncio.Queue = asyncio.Queue()
-            job = _Job(loop, queue, piece, self.sample_rate)
+            job = _Job(loop, queue, piece, self.sample_rate, sample_rate)
             done = loop.run_in_executor(self._executor, self._synthesize, job, identifier, rate)
             try:
                 while True:
@@ -212,6 +241,8 @@ class EspeakEngine:
                 raise EngineError(f"espeak_Synth failed with code {err}")
         finally:
             self._job = None
+            if job.resampler is not None and not job.cancel.is_set():  # the resampler's delayed tail
+                job.loop.call_soon_threadsafe(job.queue.put_nowait, job.chunk(np.zeros(0, np.int16), [], last=True))
             job.loop.call_soon_threadsafe(job.queue.put_nowait, None)
 
     def _on_audio(self, wav, numsamples, events) -> int:
@@ -230,13 +261,14 @@ class EspeakEngine:
             return 0
         # Events can run ahead of the audio they describe: attach each to the chunk it falls in.
         end = job.emitted + numsamples
-        marks = [Mark(m.kind, m.text, max(0, at - job.emitted)) for at, m in job.pending if at < end]
+        marks = [(at, m) for at, m in job.pending if at < end]
         if marks:
             job.pending = [(at, m) for at, m in job.pending if at >= end]
-        pcm = np.ctypeslib.as_array(wav, shape=(numsamples,)).copy()
+        pcm = np.ctypeslib.as_array(wav, shape=(numsamples,))  # eSpeak's buffer: copied or resampled next
         job.emitted = end
-        job.loop.call_soon_threadsafe(job.queue.put_nowait, AudioChunk(pcm, job.sample_rate, marks))
+        job.loop.call_soon_threadsafe(job.queue.put_nowait, job.chunk(pcm, marks))
         return 0
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        # the library keeps our callback: this process's eSpeak NG stays with this instance

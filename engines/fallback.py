@@ -41,17 +41,18 @@ class FallbackEngine(EngineWrapper):
             out.append(voice)
         return out
 
-    async def stream(self, text: str, voice: Voice, speed: float = 1.0) -> AsyncIterator[AudioChunk]:
+    async def stream(self, text: str, voice: Voice, speed: float = 1.0,
+                     sample_rate: int | None = None) -> AsyncIterator[AudioChunk]:
         target = self._lookup(voice.fallback) if voice.fallback else None
         if target is None:
-            async for chunk in self.inner.stream(text, voice, speed):
+            async for chunk in self.inner.stream(text, voice, speed, sample_rate):
                 yield chunk
             return
         # Sentence by sentence, so that after a failure we know exactly which sentences were
         # spoken whole: the fallback starts again at the sentence that failed.
         sentences = split_sentences(text)
         for i, sentence in enumerate(sentences):
-            stream = self.inner.stream(sentence, voice, speed)
+            stream = self.inner.stream(sentence, voice, speed, sample_rate)
             try:
                 async for chunk in stream:
                     yield chunk
@@ -60,17 +61,17 @@ class FallbackEngine(EngineWrapper):
             except Exception as exc:
                 log.warning("voice %s failed (%s); %s speaks the rest", voice.id, exc, voice.fallback)
                 notice = f"voice {voice.id} failed ({exc}); {voice.fallback} speaks the rest"
-                async for chunk in self._speak_rest(target, " ".join(sentences[i:]), speed, notice):
+                async for chunk in self._speak_rest(target, " ".join(sentences[i:]), speed, sample_rate, notice):
                     yield chunk
                 return
             finally:
                 await stream.aclose()
 
     @staticmethod
-    async def _speak_rest(target: tuple[Engine, Voice], text: str, speed: float,
+    async def _speak_rest(target: tuple[Engine, Voice], text: str, speed: float, sample_rate: int | None,
                           notice: str) -> AsyncIterator[AudioChunk]:
         engine, voice = target
-        stream = engine.stream(text, voice, speed)
+        stream = engine.stream(text, voice, speed, sample_rate)
         try:
             async for chunk in stream:
                 if notice:

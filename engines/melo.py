@@ -24,7 +24,7 @@ from typing import Any, AsyncIterator
 
 import numpy as np
 
-from .base import AudioChunk, EngineError, Mark, Voice, synthesis_executor
+from .base import AudioChunk, EngineError, Mark, Voice, resample, synthesis_executor
 from .text import split_for_synthesis
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,8 @@ class MeloEngine:
         language, _ = self._speakers.get(voice.id, ("", 0))
         return f"folder {self._folders[language]}" if language in self._folders else ""
 
-    async def stream(self, text: str, voice: Voice, speed: float = 1.0) -> AsyncIterator[AudioChunk]:
+    async def stream(self, text: str, voice: Voice, speed: float = 1.0,
+                     sample_rate: int | None = None) -> AsyncIterator[AudioChunk]:
         if self._executor is None:
             raise EngineError(self._reason or "MeloTTS is not available")
         if voice.id not in self._speakers:
@@ -129,8 +130,9 @@ class MeloEngine:
         loop = asyncio.get_running_loop()
         for piece in split_for_synthesis(text):  # the consumer closing us stops between pieces
             pcm = await loop.run_in_executor(self._executor, self._synthesize, language, speaker_id, piece, speed)
-            if pcm.size:
-                yield AudioChunk(pcm, voice.sample_rate, [Mark("sentence", piece, 0)])
+            if pcm.size:  # resampled here: a sentence at a time, rarely enough not to matter
+                rate = sample_rate or voice.sample_rate
+                yield AudioChunk(resample(pcm, voice.sample_rate, rate), rate, [Mark("sentence", piece, 0)])
 
     def _model(self, language: str) -> Any:
         with self._lock:

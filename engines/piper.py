@@ -20,7 +20,7 @@ from typing import Any, AsyncIterator
 
 import numpy as np
 
-from .base import AudioChunk, EngineError, Mark, Voice, synthesis_executor
+from .base import AudioChunk, EngineError, Mark, Voice, resample, synthesis_executor
 from .text import split_for_synthesis
 
 log = logging.getLogger(__name__)
@@ -187,15 +187,21 @@ class PiperEngine:
         await asyncio.get_running_loop().run_in_executor(self._executor, self._load, model)
         return model.load_seconds or 0.0
 
-    async def stream(self, text: str, voice: Voice, speed: float = 1.0) -> AsyncIterator[AudioChunk]:
+    async def stream(self, text: str, voice: Voice, speed: float = 1.0,
+                     sample_rate: int | None = None) -> AsyncIterator[AudioChunk]:
         model = self._model_for(voice)
         speaker_id = self._speaker_ids[voice.id]
         loop = asyncio.get_running_loop()
         pieces = split_for_synthesis(text)
         cancelled = threading.Event()
 
+        rate = sample_rate or voice.sample_rate
+
+        def work(piece: str) -> np.ndarray:  # on a worker thread, resampling included
+            return resample(self._synthesize(model, piece, speaker_id, speed, cancelled), voice.sample_rate, rate)
+
         def submit(piece: str) -> asyncio.Future:
-            return loop.run_in_executor(self._executor, self._synthesize, model, piece, speaker_id, speed, cancelled)
+            return loop.run_in_executor(self._executor, work, piece)
 
         # One sentence is synthesized ahead while the previous one is handed out, so there is no
         # gap between sentences; no more, so a cancelled utterance wastes at most one sentence.
@@ -206,7 +212,7 @@ class PiperEngine:
                 pcm = await pending
                 pending = submit(pieces[i + 1]) if i + 1 < len(pieces) else None
                 if pcm.size:
-                    yield AudioChunk(pcm, voice.sample_rate, [Mark("sentence", piece, 0)])
+                    yield AudioChunk(pcm, rate, [Mark("sentence", piece, 0)])
         finally:
             cancelled.set()
             if pending is not None and not pending.done():

@@ -39,7 +39,7 @@ class ToneEngine:
     def voices(self) -> list[Voice]:
         return [Voice("tone:en", "tone", "en", "Tone", self.rate)]
 
-    async def stream(self, text: str, voice: Voice, speed: float = 1.0):
+    async def stream(self, text: str, voice: Voice, speed: float = 1.0, sample_rate: int | None = None):
         self.calls.append(text)
         per_char = int(SAMPLES_PER_CHAR * self.rate / SAMPLE_RATE / speed)
         for sentence in split_sentences(text):

@@ -88,6 +88,19 @@ async def test_a_failed_stream_is_not_stored(tmp_path):
         piper.close()
 
 
+async def test_long_texts_are_not_kept(monkeypatch):
+    import engines.cache
+
+    espeak = bare("espeak")
+    voice = next(v for v in espeak.voices() if v.id == "espeak:en-us")
+    short = await pcm_of(espeak, "Hi.", voice)
+    monkeypatch.setattr(engines.cache, "MAX_ENTRY_BYTES", short.nbytes * 3)
+    cached = CachingEngine(espeak, 16 << 20)
+    await pcm_of(cached, "Hi.", voice)
+    await pcm_of(cached, "This sentence is a good deal longer than the limit allows a phrase to be.", voice)
+    assert len(cached.cache) == 1 and cached.cache.bytes < short.nbytes * 2  # only "Hi." was kept
+
+
 def test_lru_is_bounded_in_bytes():
     def chunk(n: int) -> list[AudioChunk]:
         return [AudioChunk(np.zeros(n, np.int16), 16000)]

@@ -42,7 +42,7 @@ class FailingAfter:
         base = next(v for v in self.inner.voices() if v.id == "espeak:en-us")
         return [dataclasses.replace(base, id="flaky:en", engine="flaky", fallback=self.fallback)]
 
-    async def stream(self, text, voice, speed=1.0):
+    async def stream(self, text, voice, speed=1.0, sample_rate=None):
         real = next(v for v in self.inner.voices() if v.id == "espeak:en-us")
         async for chunk in self.inner.stream(text, real, speed):
             if any(m.kind == "sentence" for m in chunk.marks):

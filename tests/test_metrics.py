@@ -79,7 +79,7 @@ class CountingEngine(GatedEngine):
         super().__init__(inner, hold_after=-1)
         self.streams = 0
 
-    def stream(self, text, voice, speed=1.0):
+    def stream(self, text, voice, speed=1.0, sample_rate=None):
         self.streams += 1
         return super().stream(text, voice, speed)
 
@@ -141,8 +141,7 @@ async def _dead_clock(running_agent, alice) -> None:
         ready = await http.get("/readyz")
         assert ready.status_code == 200, ready.text  # the clock ticks for the speaking room
         clock = running_agent.agent.rooms.clock
-        clock._task.cancel()  # the clock dies (as if it crashed) while the room still waits for frames
-        await asyncio.gather(clock._task, return_exceptions=True)
+        clock._handle.cancel()  # the clock dies (as if it crashed) while the room still waits for frames
         resp = await http.get("/readyz")
         assert resp.status_code == 503 and "frame clock" in resp.json()["detail"]
 

@@ -48,7 +48,7 @@ class GatedEngine:
     def voices(self):
         return self.inner.voices()
 
-    async def stream(self, text, voice, speed=1.0):
+    async def stream(self, text, voice, speed=1.0, sample_rate=None):
         inner = self.inner.stream(text, voice, speed)
         try:
             async for chunk in inner:
@@ -65,7 +65,7 @@ class GatedEngine:
 class FailingEngine(GatedEngine):
     """Fault injection: eSpeak NG's voices, but synthesis raises (the real engine does not fail on demand)."""
 
-    async def stream(self, text, voice, speed=1.0):
+    async def stream(self, text, voice, speed=1.0, sample_rate=None):
         raise EngineError("the synthesizer crashed")
         yield  # pragma: no cover
 

@@ -86,8 +86,8 @@ class PacketTrack(MediaStreamTrack):
 class RtpOut:
     """One peer's outgoing audio: direct when its transports allow it, else via `track`."""
 
-    __slots__ = ("sender", "track", "direct", "_header", "_seq", "_ts0", "_dtls", "_protect", "_pairs",
-                 "_counters", "_packets", "_octets", "__weakref__")
+    __slots__ = ("sender", "track", "direct", "_header", "_seq", "_ts0", "_dtls", "_protect", "_pairs", "_pair",
+                 "_sendto", "_addr", "_counters", "_packets", "_octets", "__weakref__")
 
     def __init__(self, sender: RTCRtpSender, track: PacketTrack):
         self.sender = sender
@@ -128,6 +128,9 @@ class RtpOut:
             self._dtls = dtls
             self._protect = dtls._tx_srtp.protect
             self._pairs = connection._nominated
+            self._pair = pair  # aioice never re-nominates; checked per packet all the same
+            self._sendto = pair.protocol.transport.sendto
+            self._addr = pair.remote_addr
             self._counters = sender.__dict__
             self.direct = True
         except AttributeError as exc:  # another aiortc: stay on its own sender
@@ -144,15 +147,14 @@ class RtpOut:
             packet.time_base = _TIME_BASE
             self.track.push(packet)
             return
-        pair = self._pairs.get(1)
-        if pair is None or self._dtls._state is not DtlsState.CONNECTED:
+        if self._pairs.get(1) is not self._pair or self._dtls._state is not DtlsState.CONNECTED:
             return  # closing: the session ends on its own
         header = self._header
         header[1] = (header[1] & 0x7F) | (marker << 7)
         rtp_timestamp = (self._ts0 + timestamp) & 0xFFFFFFFF
         _SEQ_TS.pack_into(header, 2, self._seq, rtp_timestamp)
         try:
-            pair.protocol.transport.sendto(self._protect(bytes(header) + payload), pair.remote_addr)
+            self._sendto(self._protect(bytes(header) + payload), self._addr)
         except Exception:  # a transport closing under us: the session's own close follows
             log.debug("direct RTP send failed", exc_info=True)
             return
@@ -166,5 +168,5 @@ class RtpOut:
         counters[_COUNTERS[3]] = self._packets
 
     def stop(self) -> None:
-        self.direct = False
+        self.direct = None  # nothing more goes out
         self.track.stop()

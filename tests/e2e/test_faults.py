@@ -79,7 +79,7 @@ class FaultyEngine:
         return [dataclasses.replace(v, id=f"{self.name}:en-us", engine=self.name)
                 for v in self.inner.voices() if v.id == VOICE]
 
-    async def stream(self, text, voice, speed=1.0):
+    async def stream(self, text, voice, speed=1.0, sample_rate=None):
         real = self.inner.voices()
         inner = self.inner.stream(text, next(v for v in real if v.id == VOICE), speed)
         try:
@@ -117,12 +117,14 @@ async def running(recorded_pcs):
 
 
 async def reference_ms(running, text: str) -> int:
-    """audio_ms of `text` played whole: the engine's PCM at 48 kHz, as the Speaker resamples it.
-    Made through the agent's own (caching) engine, so the room then plays this very PCM."""
+    """audio_ms of `text` played whole: the engine's PCM at 48 kHz, asked for as the Speaker
+    asks. Made through the agent's own (caching) engine, so the room then plays this very PCM."""
     voices = running.agent.voices
     voice = voices.resolve(VOICE)
-    resampler, samples = Resampler(voice.sample_rate), 0
-    async for chunk in voices.engine_for(voice).stream(text, voice, 1.0):
+    resampler, samples = Resampler(SAMPLE_RATE), 0
+    async for chunk in voices.engine_for(voice).stream(text, voice, 1.0, sample_rate=SAMPLE_RATE):
+        if chunk.sample_rate != resampler.in_rate:
+            resampler = Resampler(chunk.sample_rate)
         samples += len(resampler.push(chunk.pcm))
     return (samples + len(resampler.flush())) * 1000 // SAMPLE_RATE
 
