@@ -10,7 +10,8 @@ packet only the sequence number and timestamp are patched in before SRTP protect
 `sendto` on the nominated ICE pair.
 
 It reaches into aiortc: the DTLS transport's SRTP session, aioice's nominated pair, and
-the sender's counters that its RTCP sender reports carry. Every one of them is checked
+the sender's counters that its RTCP sender reports carry (reports are skipped while the
+room is silent: nothing new to report, and an idle room should cost next to nothing). Every one of them is checked
 when the peer connects; where any is missing (another aiortc version, a TURN-relayed pair)
 the peer falls back to aiortc's own sender through `PacketTrack`, so audio still flows.
 """
@@ -87,7 +88,7 @@ class RtpOut:
     """One peer's outgoing audio: direct when its transports allow it, else via `track`."""
 
     __slots__ = ("sender", "track", "direct", "_header", "_seq", "_ts0", "_dtls", "_protect", "_pairs", "_pair",
-                 "_sendto", "_addr", "_counters", "_packets", "_octets", "__weakref__")
+                 "_sendto", "_addr", "_counters", "_packets", "_octets", "_reported", "__weakref__")
 
     def __init__(self, sender: RTCRtpSender, track: PacketTrack):
         self.sender = sender
@@ -100,7 +101,19 @@ class RtpOut:
         self._ts0 = random.getrandbits(32)
         self._packets = 0
         self._octets = 0
+        self._reported = 0  # packets sent when the last sender report went out
         start = sender.send
+        send_rtcp = sender._send_rtcp
+
+        async def send_report(packets) -> None:
+            # aiortc reports about every second even with nothing sent; an idle room's peers
+            # (most of them, most of the time) need no report until it speaks again
+            if self.direct and self._packets == self._reported:
+                return
+            self._reported = self._packets
+            await send_rtcp(packets)
+
+        sender._send_rtcp = send_report
 
         async def send(parameters) -> None:  # aiortc calls this once the DTLS handshake is done
             await start(parameters)

@@ -101,3 +101,28 @@ async def test_peers_without_a_direct_path_hear_speech_through_aiortc(running_ag
     while len(c.packets) < expected:
         await c.wait_packet(c.packets[-1].arrival if c.packets else 0.0, timeout=5)
     assert rms_db(decode_opus([p.payload for p in c.packets])) > -40
+
+
+async def test_sender_reports_pause_while_the_room_is_silent():
+    class Sender:  # the two methods RtpOut wraps
+        def __init__(self):
+            self.reports = []
+
+        async def send(self, parameters):
+            pass
+
+        async def _send_rtcp(self, packets):
+            self.reports.append(packets)
+
+    sender = Sender()
+    out = RtpOut(sender, track=None)
+    out.direct = True
+    await sender._send_rtcp(["SR 1"])
+    assert sender.reports == [], "nothing sent yet: nothing to report"
+    out._packets = 5  # as after five packets
+    await sender._send_rtcp(["SR 2"])
+    await sender._send_rtcp(["SR 3"])  # silent since the last report
+    assert sender.reports == [["SR 2"]]
+    out.direct = None  # stopped: the BYE goes out whatever was sent
+    await sender._send_rtcp(["BYE"])
+    assert sender.reports == [["SR 2"], ["BYE"]]
