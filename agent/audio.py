@@ -72,6 +72,22 @@ class PcmBuffer:
         self.available -= filled
         return filled
 
+    def read_frame(self, scratch: np.ndarray) -> tuple[np.ndarray, int]:
+        """The next len(scratch) samples and how many of them are real (the rest zero): a
+        view into the buffer when they lie in one written chunk (no copy), else `scratch`
+        filled. Treat the result as read-only: it may be a cached phrase's PCM."""
+        want = len(scratch)
+        if self._chunks:
+            head, offset = self._chunks[0], self._offset
+            if len(head) - offset >= want:
+                self._offset = offset + want
+                if self._offset == len(head):
+                    self._chunks.pop(0)
+                    self._offset = 0
+                self.available -= want
+                return head[offset : offset + want], want
+        return scratch, self.read_into(scratch)
+
     def clear(self) -> None:
         self._chunks.clear()
         self._offset = 0

@@ -29,7 +29,8 @@ LATE_S = 0.005  # a frame sent more than this after its slot (plus phase) counts
 class ClockedRoom(Protocol):
     phase: int
 
-    def on_tick(self, slot: int) -> None: ...
+    def on_tick(self, slot: int) -> bool:
+        """Send the frame of `slot`; True if one was sent."""
 
 
 class FrameClock:
@@ -129,16 +130,17 @@ class FrameClock:
             return
         self.ticks += 1
         late_after = deadline + LATE_S
-        late = 0
+        late = sent = 0
         for room in rooms:
             try:
-                room.on_tick(slot)
+                sent += room.on_tick(slot)
             except Exception:
                 log.exception("room tick failed")
                 self.unsubscribe(room)
             if now() > late_after:  # each room's frame is judged when it has been sent
                 late += 1
         end = now()
+        metrics.FRAMES_SENT.inc(sent)  # once per tick, not per frame
         metrics.TICK_LAG.observe(start - deadline)
         metrics.TICK_WORK.observe(end - start)
         if late:

@@ -105,24 +105,24 @@ class Room:
             self.clock.subscribe(self)
         slot = self.clock.slot_now(self.phase)
         target = max(slot, self.last_slot + 1)
-        if target <= slot + 1:
-            self._send(target)
+        if target <= slot + 1 and self._send(target):
+            metrics.FRAMES_SENT.inc()
 
     def discard_buffered(self) -> None:
         self.sink.discard_buffered()
 
-    def on_tick(self, slot: int) -> None:
-        if slot > self.last_slot:
-            self._send(slot)
+    def on_tick(self, slot: int) -> bool:
+        """Send this slot's frame, if there is one; True when a frame went out."""
+        return slot > self.last_slot and self._send(slot)
 
-    def _send(self, slot: int) -> None:
+    def _send(self, slot: int) -> bool:
         frame = self.speaker.next_frame()
         if frame is None:
-            return
+            return False
         self.sink.send_frame(frame, slot)
         self.last_slot = slot
         self.frames_sent += 1
-        metrics.FRAMES_SENT.inc()
+        return True
 
     def _on_idle(self) -> None:
         # Nothing queued or playing: stop asking for frames (an idle room costs nothing).

@@ -410,7 +410,8 @@ class Speaker:
 
     def next_frame(self) -> np.ndarray | None:
         """The next 20 ms frame to send, or None when there is nothing to send this slot.
-        The returned array is reused: encode it before the next call."""
+        The returned array is reused or a view of buffered PCM: encode it before the next
+        call, and never write to it."""
         if self._pending_fade is not None:
             frame, self._pending_fade = self._pending_fade, None
             return frame
@@ -422,8 +423,7 @@ class Speaker:
             if utt.synth_done:
                 self._finish(utt)
             return None  # synthesis has not caught up: skip this slot
-        frame = self._frame
-        n = buf.read_into(frame)
+        frame, n = buf.read_frame(self._frame)
         if not utt.started:
             utt.started = True
             ttfa_ms = (time.perf_counter() - utt.received) * 1000
@@ -438,7 +438,11 @@ class Speaker:
         if utt.waiting_space and buf.available <= AHEAD_SAMPLES:
             utt.waiting_space = False
             utt.space.set()
-        self._apply_gain(frame)
+        if self._gain != 1.0 or self.target_gain != 1.0:  # ducking: scale a private copy
+            if frame is not self._frame:
+                np.copyto(self._frame, frame)
+                frame = self._frame
+            self._apply_gain(frame)
         if utt.synth_done and buf.available == 0:
             self._finish(utt)
         return frame
