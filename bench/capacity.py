@@ -84,7 +84,8 @@ async def ramp(server: ServerProcess, steps: list[int], warmup_s: float, window_
     prev_rss, prev_rooms = meter.rss_mb(), 0  # RSS per room is the slope between steps
     results: list[dict] = []
     listeners: list[Listener] = []
-    limits = httpx.Limits(max_connections=16)
+    # no keep-alive: a connection the loaded server closed between steps made httpx fail a WHEP POST
+    limits = httpx.Limits(max_connections=16, max_keepalive_connections=0)
     async with httpx.AsyncClient(base_url=server.base_url, timeout=60, limits=limits) as http:
         try:
             for rooms in steps:
@@ -158,7 +159,7 @@ def capacity_of(steps: list[dict]) -> int:
 def plan(quick: bool) -> dict:
     if quick:
         return {"steps": [1, 2], "warmup_s": 0.5, "window_s": 1.5}
-    return {"steps": [5, 10, 25, 50, 75, 100, 150, 200], "warmup_s": 2.0, "window_s": 6.0}
+    return {"steps": [5, 10, 25, 50, 75, 100, 125, 150, 175, 200], "warmup_s": 2.0, "window_s": 6.0}
 
 
 def run_pinned(server: ServerProcess, quick: bool, *, agent_counters: bool) -> list[dict]:
