@@ -169,18 +169,14 @@ NOISES = {  # name: (signal maker taking seconds) — what a microphone hears wh
 }
 
 
-_ESPEAK = None
 
 
 def _espeak():
     """One eSpeak NG engine for the bench process: the library is process-global, and a
     second engine object would take over the first one's audio callback."""
-    global _ESPEAK
-    if _ESPEAK is None:
-        from engines.espeak import EspeakEngine
+    from engines.espeak import shared_espeak
 
-        _ESPEAK = EspeakEngine()
-    return _ESPEAK
+    return shared_espeak()
 
 
 def _serve(argv: list[str]) -> int:

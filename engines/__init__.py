@@ -13,7 +13,7 @@ DEFAULT_CACHE_MB = 64  # about 25 minutes of 22 kHz speech
 
 def load_engines(settings=None) -> list[Engine]:
     """The bare engines, neural first; unavailable ones report why instead of raising."""
-    from .espeak import EspeakEngine
+    from .espeak import shared_espeak
 
     engines: list[Engine] = []
     try:
@@ -28,7 +28,7 @@ def load_engines(settings=None) -> list[Engine]:
         engines.append(MeloEngine())
     except ImportError as exc:
         log.info("MeloTTS engine not loaded: %s", exc)
-    engines.append(EspeakEngine())
+    engines.append(shared_espeak())
     return engines
 
 

@@ -270,5 +270,22 @@ class EspeakEngine:
         return 0
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        # the library keeps our callback: this process's eSpeak NG stays with this instance
+        global _shared
+        self._executor.shutdown(wait=True, cancel_futures=True)  # no job left in the library
+        if self._owner:
+            self._owner = False
+            self._lib = None
+            if _shared is self:
+                _shared = None
+            EspeakEngine._in_use.release()  # a later engine may take the library over
+
+
+_shared: EspeakEngine | None = None
+
+
+def shared_espeak() -> EspeakEngine:
+    """This process's eSpeak NG engine (made on first use): the library is process-global."""
+    global _shared
+    if _shared is None:
+        _shared = EspeakEngine()
+    return _shared

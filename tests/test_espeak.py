@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 from engines.espeak import EspeakEngine
 from tests.conftest import shared_engines
 
@@ -16,3 +20,24 @@ async def test_a_second_espeak_engine_is_unavailable_and_the_first_still_speaks(
         assert sum(len(p) for p in pcm) > 0.3 * voice.sample_rate
     finally:
         second.close()
+
+
+def test_closing_the_engine_hands_the_library_on():
+    # in a fresh process: this one's engine is shared by the whole suite
+    script = """
+import asyncio
+from engines.espeak import EspeakEngine, shared_espeak
+first = shared_espeak()
+assert first.available and not EspeakEngine().available
+first.close()
+again = shared_espeak()
+assert again is not first and again.available
+voice = next(v for v in again.voices() if v.id == "espeak:en-us")
+async def speak():
+    return sum([len(c.pcm) async for c in again.stream("Hello again.", voice)])
+assert asyncio.run(speak()) > 0.3 * voice.sample_rate
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
