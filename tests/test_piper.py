@@ -69,7 +69,7 @@ async def test_joe_speed_scales_duration(joe_engine):
     normal = sum(len(c.pcm) for c in await collect(joe_engine.stream(text, voice, 1.0)))
     fast = sum(len(c.pcm) for c in await collect(joe_engine.stream(text, voice, 2.0)))
     slow = sum(len(c.pcm) for c in await collect(joe_engine.stream(text, voice, 0.5)))
-    assert 0.4 < fast / normal < 0.65
+    assert 0.4 < fast / normal < 0.7  # ideally 0.5; VITS timing varies from run to run
     assert 1.6 < slow / normal < 2.4
 
 
