@@ -141,14 +141,29 @@ class RtpOut:
             self._dtls = dtls
             self._protect = dtls._tx_srtp.protect
             self._pairs = connection._nominated
-            self._pair = pair  # aioice never re-nominates; checked per packet all the same
-            self._sendto = pair.protocol.transport.sendto
-            self._addr = pair.remote_addr
+            self._use_pair(pair)
             self._counters = sender.__dict__
             self.direct = True
         except AttributeError as exc:  # another aiortc: stay on its own sender
             self.direct = False
             log.info("peer audio through aiortc's sender (no direct path: %s)", exc)
+
+    def _use_pair(self, pair) -> None:
+        self._pair = pair
+        self._sendto = pair.protocol.transport.sendto
+        self._addr = pair.remote_addr
+
+    def _repair(self) -> bool:
+        """The nominated pair changed (a controlling browser may nominate another pair after
+        media started): follow it, or hand the peer to aiortc's sender. False: drop this one."""
+        pair = self._pairs.get(1)
+        if pair is None:
+            return False  # closing: the session ends on its own
+        if type(pair.protocol) is not StunProtocol:
+            self.direct = False
+            return False
+        self._use_pair(pair)
+        return True
 
     def send(self, payload: bytes, timestamp: int, marker: bool, ntp: int) -> None:
         """One Opus packet with RTP timestamp `timestamp` (48 kHz units from the clock's epoch)."""
@@ -160,8 +175,10 @@ class RtpOut:
             packet.time_base = _TIME_BASE
             self.track.push(packet)
             return
-        if self._pairs.get(1) is not self._pair or self._dtls._state is not DtlsState.CONNECTED:
+        if self._dtls._state is not DtlsState.CONNECTED:
             return  # closing: the session ends on its own
+        if self._pairs.get(1) is not self._pair and not self._repair():
+            return
         header = self._header
         header[1] = (header[1] & 0x7F) | (marker << 7)
         rtp_timestamp = (self._ts0 + timestamp) & 0xFFFFFFFF

@@ -126,3 +126,20 @@ async def test_sender_reports_pause_while_the_room_is_silent():
     out.direct = None  # stopped: the BYE goes out whatever was sent
     await sender._send_rtcp(["BYE"])
     assert sender.reports == [["SR 2"], ["BYE"]]
+
+
+async def test_audio_follows_a_pair_nominated_after_media_started(running_agent, clients):
+    """A controlling browser may nominate another candidate pair once media flows (Chromium
+    did, intermittently, in the demo test): the direct path must follow it, not go silent."""
+    import copy
+
+    c = await clients("rtp-renominate")
+    session = next(iter(running_agent.agent.webrtc.sessions.values()))
+    nominated = session.audio._pairs
+    nominated[1] = copy.copy(nominated[1])  # what aioice does on a new nomination: a new pair object
+    c.send({"type": "synthesize", "id": "x", "text": TEXT})
+    finished = await c.wait_event("finished", id="x")
+    expected = -(-finished["audio_ms"] // 20)
+    while len(c.packets) < expected:
+        await c.wait_packet(c.packets[-1].arrival if c.packets else 0.0, timeout=5)
+    assert session.audio.direct is True and session.audio._pair is nominated[1]
