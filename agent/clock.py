@@ -45,7 +45,8 @@ class FrameClock:
         # sleep per tick (and far fewer young objects for the collector)
         self._handle: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._collector: SlackCollector | None = None
+        self._collector = SlackCollector()  # entered while the clock runs
+        self._collecting = False
         self._epoch: float | None = None
         self._tick = 0
         self.ticks = 0
@@ -93,8 +94,9 @@ class FrameClock:
     def _start(self) -> None:
         loop = asyncio.get_running_loop()
         self._loop = loop
-        if self._collector is None:
-            self._collector = SlackCollector().__enter__()
+        if not self._collecting:
+            self._collector.__enter__()
+            self._collecting = True
         # tick index i: slot i // phases, phase i % phases
         self._tick = int((loop.time() - self._ensure_epoch()) // self.phase_s)
         self._schedule()
@@ -106,9 +108,9 @@ class FrameClock:
 
     def _stop(self) -> None:
         self._handle = None
-        if self._collector is not None:
+        if self._collecting:
             self._collector.__exit__(None, None, None)
-            self._collector = None
+            self._collecting = False
 
     def _on_tick(self, deadline: float) -> None:
         if not self.subscribers:
@@ -146,7 +148,7 @@ class FrameClock:
         if late:
             self.frames_late += late
             metrics.FRAMES_LATE.inc(late)
-        self._collector.after_tick()  # type: ignore[union-attr]
+        self._collector.after_tick()
 
     async def stop(self) -> None:
         for rooms in self._rooms:
