@@ -84,7 +84,9 @@ class CachingEngine(EngineWrapper):
                 if size > limit or chunk.notice:  # too long to keep, or not what this voice sounds like
                     chunks = None
                 else:
-                    chunks.append(AudioChunk(chunk.pcm.copy(), chunk.sample_rate, list(chunk.marks)))
+                    # kept, not copied: the consumer only reads chunks, and read-only makes sure
+                    chunk.pcm.setflags(write=False)
+                    chunks.append(AudioChunk(chunk.pcm, chunk.sample_rate, list(chunk.marks)))
             yield chunk
         # reached only when the inner stream ended normally and the consumer read it all
         if chunks:

@@ -46,6 +46,19 @@ async def test_second_identical_request_is_served_from_cache():
     assert not np.array_equal(await pcm_of(piper, "Thank you for the follow!", voice), first)
 
 
+async def test_a_miss_hands_out_read_only_pcm():
+    # The miss's chunks are what a later hit plays (kept, not copied): a consumer that wrote
+    # into one would change the phrase for every later listener, so writing must fail.
+    espeak = bare("espeak")
+    voice = espeak.voices()[0]
+    cached = CachingEngine(espeak, 16 << 20)
+    chunks = [c async for c in cached.stream("Read only, please.", voice)]
+    with pytest.raises(ValueError):
+        chunks[0].pcm[0] = 1
+    hit = [c async for c in cached.stream("Read only, please.", voice)]
+    assert all(a.pcm is b.pcm for a, b in zip(chunks, hit))
+
+
 async def test_key_includes_voice_speed_and_case():
     espeak = bare("espeak")
     cached = CachingEngine(espeak, 16 << 20)
