@@ -65,7 +65,11 @@ class _VoiceSpec(ctypes.Structure):
     ]
 
 
-_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event))
+# The samples arrive as a bare address and are copied out with string_at: a POINTER(c_short)
+# viewed through np.ctypeslib.as_array goes through ctypes.cast (a reference cycle per call)
+# and a `c_short * n` type per length (a new cyclic type object): together nearly all the
+# cyclic garbage of a busy agent, collected on the loop thread (see agent/gc_tuning.py)
+_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(_Event))
 
 
 class _Job:
@@ -94,8 +98,6 @@ class _Job:
             # libsoxr hands out uneven blocks (and holds some back until the last call), so
             # marks are placed by their absolute time, not scaled inside the chunk
             pcm = self.resampler.resample_chunk(pcm, last=last)
-        else:
-            pcm = pcm.copy()  # eSpeak reuses its buffer
         rate = self.out_rate
         chunk = AudioChunk(pcm, rate, [Mark(m.kind, m.text, max(0, at * rate // self.sample_rate - self.out_emitted))
                                        for at, m in marks])
@@ -264,7 +266,7 @@ class EspeakEngine:
         marks = [(at, m) for at, m in job.pending if at < end]
         if marks:
             job.pending = [(at, m) for at, m in job.pending if at >= end]
-        pcm = np.ctypeslib.as_array(wav, shape=(numsamples,))  # eSpeak's buffer: copied or resampled next
+        pcm = np.frombuffer(ctypes.string_at(wav, numsamples * 2), np.int16)  # our copy: eSpeak reuses its buffer
         job.emitted = end
         job.loop.call_soon_threadsafe(job.queue.put_nowait, job.chunk(pcm, marks))
         return 0
