@@ -21,6 +21,7 @@ from ..audio import FRAME_SAMPLES
 from ..opus import make_encoder
 from ..rooms import Room, RoomLimit, RoomRegistry
 from ..settings import Settings, is_loopback
+from .dc_out import send_text
 from .rtp_out import PacketTrack, RtpOut, ntp_now
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ class OpusRoomSink:
 def _send(channel, data: str) -> None:
     if channel.readyState == "open":
         try:
-            channel.send(data)
+            send_text(channel, data)
         except Exception:  # a channel closing under us is the peer's problem, not the room's
             log.debug("data channel send failed", exc_info=True)
 
