@@ -120,6 +120,11 @@ async def ramp(server: ServerProcess, steps: list[int], warmup_s: float, window_
                     step["agent"] = {"frames_sent": int(sent), "frames_late": int(late),
                                      "frames_expected": round(expected),
                                      "on_time": round((sent - late) / max(sent, expected), 6) if sent else None}
+                    # the collector stops the loop: its passes in the window explain most late frames
+                    step["agent"]["gc"] = {
+                        gen: {"passes": int(_delta(before, after, f"tts_gc_pause_seconds_count{{generation={gen}}}")),
+                              "ms": round(1000 * _delta(before, after, f"tts_gc_pause_seconds_sum{{generation={gen}}}"), 1)}
+                        for gen in "012"}
                     step["on_time"] = step["agent"]["on_time"]
                 else:
                     step["on_time"] = step["client"]["on_time"]
@@ -139,11 +144,17 @@ async def ramp(server: ServerProcess, steps: list[int], warmup_s: float, window_
     return results
 
 
+def _delta(before: dict, after: dict, key: str) -> float:
+    return after.get(key, 0.0) - before.get(key, 0.0)
+
+
 def _print_step(s: dict) -> None:
     agent = s.get("agent", {})
+    gc = agent.get("gc")
+    gc_text = ", GC " + " ".join(f"gen{g} {v['passes']}x/{v['ms']:.0f} ms" for g, v in gc.items()) if gc else ""
     print(f"  rooms {s['rooms']:4d}: on time {_pct(s['on_time'])} (agent {_pct(agent.get('on_time'))}, "
           f"client {_pct(s['client']['on_time'])}), server CPU {s['server_cpu_pct']:.0f} %, "
-          f"RSS {s['server_rss_mb']:.0f} MB, load CPU {s['load_cpu_pct']:.0f} %", flush=True)
+          f"RSS {s['server_rss_mb']:.0f} MB, load CPU {s['load_cpu_pct']:.0f} %{gc_text}", flush=True)
 
 
 def _pct(x) -> str:
