@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import sys
 
 from agent.gc_tuning import SlackCollector
 
@@ -31,3 +32,30 @@ def test_young_garbage_is_collected_after_a_tick_and_automatic_collection_resume
     finally:
         if not was_enabled:
             gc.disable()
+
+
+def test_a_full_pass_comes_only_once_memory_grew_by_a_quarter():
+    was_enabled = gc.isenabled()
+    try:
+        collector = SlackCollector(young_limit=10, middle_every=1, old_every=1)
+        with collector:
+            gc.collect()
+            full_passes = gc.get_stats()[2]["collections"]
+            kept = [Node() for _ in range(1000)]
+            collector.after_tick()  # a gen-1 pass: the nodes, still alive, move to gen 2
+            del kept  # now cyclic garbage in gen 2, which only a full pass frees
+            for _ in range(50):
+                [Node() for _ in range(20)]
+                collector.after_tick()
+            assert gc.get_stats()[2]["collections"] == full_passes  # no growth, no full pass
+
+            ballast = [str(i) for i in range(sys.getallocatedblocks() // 2)]  # memory grows by half
+            collected = gc.get_stats()[2]["collected"]
+            [Node() for _ in range(20)]
+            collector.after_tick()
+            assert gc.get_stats()[2]["collections"] == full_passes + 1
+            assert gc.get_stats()[2]["collected"] >= collected + 1000
+            del ballast
+    finally:
+        if was_enabled:
+            gc.enable()
