@@ -1,5 +1,7 @@
 """Every Prometheus metric of the process, named in one place."""
 
+import time
+
 from prometheus_client import Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.5)
@@ -14,6 +16,10 @@ ROOMS = Gauge("tts_rooms", "Open rooms")
 PEERS = Gauge("tts_peers", "Connected peers")
 FRAMES_SENT = Counter("tts_frames_sent_total", "20 ms audio frames sent (once per room, not per peer)")
 FRAMES_LATE = Counter("tts_frames_late_total", "Frames sent more than 5 ms after their slot")
+# Read in the same pass as the counters: frames sent between two scrapes over the time between
+# them, exact even when a loaded process takes long to answer a scrape
+MONOTONIC = Gauge("tts_monotonic_seconds", "The process's monotonic clock when these metrics were read")
+MONOTONIC.set_function(time.monotonic)
 DROPPED = Counter("tts_dropped_total", "Utterances dropped by danmu rules", ["reason"])
 CACHE = Counter("tts_cache_total", "PCM cache lookups", ["result"])
 SYNTH_RTF = Histogram(

@@ -25,6 +25,7 @@ EXPECTED_FAMILIES = {
     "tts_ttfa_seconds": "histogram", "tts_interrupt_latency_seconds": "histogram", "tts_utterances": "counter",
     "tts_queue_depth": "gauge", "tts_rooms": "gauge", "tts_peers": "gauge", "tts_frames_sent": "counter",
     "tts_frames_late": "counter", "tts_dropped": "counter", "tts_cache": "counter", "tts_synthesis_rtf": "histogram",
+    "tts_monotonic_seconds": "gauge",
 }
 
 
@@ -57,6 +58,8 @@ async def test_metrics_parse_and_move_when_a_room_speaks(running_agent, clients)
     assert value(after, "tts_ttfa_seconds_count", engine="espeak") == value(before, "tts_ttfa_seconds_count", engine="espeak") + 1
     assert value(after, "tts_ttfa_seconds_sum", engine="espeak") > value(before, "tts_ttfa_seconds_sum", engine="espeak")
     assert value(after, "tts_rooms") >= 1 and value(after, "tts_peers") >= 1
+    # the agent's own time between the reads: at least the utterance's playout
+    assert value(after, "tts_monotonic_seconds") - value(before, "tts_monotonic_seconds") >= finished["audio_ms"] / 1000
 
 
 async def test_http_protocol_errors_are_counted(running_agent, clients):
