@@ -38,14 +38,16 @@ def send_text(channel, data: str) -> None:
         channel.send(data)
 
 
+_checked: dict[type, bool] = {}  # per SCTP transport class: has it what send_text needs?
+
+
 def _has_internals(sctp) -> bool:
-    ok = getattr(type(sctp), "_dc_out_ok", None)
+    ok = _checked.get(type(sctp))
     if ok is None:
-        ok = all(hasattr(sctp, name) for name in _INTERNALS)
-        if not ok:
-            log.warning("aiortc's SCTP transport lacks %s: data channel messages go through channel.send",
-                        [n for n in _INTERNALS if not hasattr(sctp, n)])
-        type(sctp)._dc_out_ok = ok
+        missing = [name for name in _INTERNALS if not hasattr(sctp, name)]
+        if missing:
+            log.warning("aiortc's SCTP transport lacks %s: data channel messages go through channel.send", missing)
+        ok = _checked[type(sctp)] = not missing
     return ok
 
 

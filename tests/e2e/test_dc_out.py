@@ -10,6 +10,7 @@ import pytest
 from aiortc import RTCPeerConnection
 from aiortc.rtcsctptransport import RTCSctpTransport
 
+from agent.transports import dc_out
 from agent.transports.dc_out import send_text
 
 pytestmark = pytest.mark.e2e
@@ -90,10 +91,17 @@ async def test_a_message_over_the_peers_limit_is_refused_like_channel_send(pair)
 
 async def test_without_aiortcs_internals_it_goes_through_channel_send(pair, monkeypatch):
     channel, received = pair
-    monkeypatch.setattr(RTCSctpTransport, "_dc_out_ok", False, raising=False)
+    monkeypatch.setitem(dc_out._checked, RTCSctpTransport, False)  # as if the check had found them missing
     calls = []
     original = channel.send
     monkeypatch.setattr(channel, "send", lambda data: (calls.append(data), original(data)))
     send_text(channel, "fallback")
     await _until(lambda: received)
     assert received == ["fallback"] and calls == ["fallback"]
+
+
+def test_a_transport_class_without_the_internals_is_found_out():
+    class OtherSctp:  # another aiortc's transport: none of the private names
+        pass
+
+    assert dc_out._has_internals(OtherSctp()) is False
