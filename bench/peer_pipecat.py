@@ -54,7 +54,7 @@ def _ttfa(server: ServerProcess, n: int) -> dict:
 
 
 def _client_capacity(steps: list[dict]) -> int:
-    return capacity.capacity_of([{**s, "on_time": s["client"]["on_time"]} for s in steps])
+    return capacity.capacity_of(steps, views=("client",))
 
 
 def _ratio(a, b) -> float | None:
@@ -80,7 +80,8 @@ def main(quick: bool = False, ours_ttfa: dict | None = None, ours_capacity: dict
     else:
         ours_steps = ours_capacity["steps"]
     print("Capacity, Pipecat (core 0; load on core 1)", flush=True)
-    theirs_steps = capacity.run_pinned(pipecat_server(python, cpus="0"), quick, agent_counters=False)
+    theirs_steps = capacity.run_pinned(pipecat_server(python, cpus="0"), quick, agent_counters=False,
+                                       browser=False)  # no /demo/listen page there
     ours_cap, theirs_cap = _client_capacity(ours_steps), _client_capacity(theirs_steps)
 
     o, t = ours_t["client_first_speech_ms"], theirs_t["client_first_speech_ms"]
