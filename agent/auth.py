@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import jwt
 from livekit import api
 
+from .room_names import check_room_name
+
 
 class AuthError(Exception):
     def __init__(self, status: int, reason: str):
@@ -48,6 +50,8 @@ class TokenAuthority:
         can_publish_data: bool = True,
         room_config=None,
     ) -> str:
+        if room:
+            check_room_name(room)
         grants = api.VideoGrants(
             room_join=bool(room) or None,
             room=room,

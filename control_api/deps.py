@@ -6,6 +6,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from agent.auth import AuthError, Principal
+from agent.room_names import InvalidRoomName, check_room_name
 from agent.runtime import Agent
 from agent.settings import is_loopback
 
@@ -29,6 +30,21 @@ RATE_LIMITED = {429: {"model": ProblemOut, "description": "rate limited; Retry-A
 
 def get_agent(request: Request) -> Agent:
     return request.app.state.agent
+
+
+def valid_room(request: Request) -> None:
+    """Routes under /v1/rooms/{room}: a name that is not a valid room name is 400, before
+    anything else looks at it (it ends up in headers, logs and the Location of a session)."""
+    room = request.path_params.get("room")
+    if room is None:
+        return
+    try:
+        check_room_name(room)
+    except InvalidRoomName as exc:
+        raise Problem(400, str(exc), code="bad_room") from None
+
+
+BAD_ROOM = {400: {"model": ProblemOut, "description": "`bad_room`: not a valid room name"}}
 
 
 def _token(credentials: HTTPAuthorizationCredentials | None) -> str:

@@ -23,7 +23,7 @@ from agent.runtime import Agent
 from agent.settings import Settings
 from engines.registry import UnknownVoice
 
-from .deps import admin_or_dev, get_agent, rate_limited, require_admin
+from .deps import BAD_ROOM, admin_or_dev, get_agent, rate_limited, require_admin, valid_room
 from .models import Accepted, InterruptBody, SpeakBody, TokenRequest, TokenResponse
 from .problems import Problem
 
@@ -96,7 +96,7 @@ def livekit_router(settings: Settings, agent_name: str = DEFAULT_AGENT_NAME) -> 
     assert settings.livekit_url, "LiveKit mode needs settings.livekit_url"
     key = next(iter(settings.keys))
     server = LiveKitServer(settings.livekit_url, key, settings.keys[key])
-    router = APIRouter(tags=["livekit"])
+    router = APIRouter(tags=["livekit"], dependencies=[Depends(valid_room)], responses=BAD_ROOM)
 
     @router.post("/v1/tokens", response_model=TokenResponse, dependencies=[Depends(admin_or_dev)])
     def create_token(body: TokenRequest, agent: Agent = Depends(get_agent)) -> TokenResponse:

@@ -7,16 +7,17 @@ import logging
 from fastapi import APIRouter, Depends, Request, Response
 
 from agent.auth import Principal
+from agent.room_names import room_path
 from agent.rooms import RoomLimit
 from agent.runtime import Agent
 from agent.transports.webrtc import OfferError
 
-from ..deps import RATE_LIMITED, ROOM_REFUSALS, get_agent, rate_limited, room_principal
+from ..deps import BAD_ROOM, RATE_LIMITED, ROOM_REFUSALS, get_agent, rate_limited, room_principal, valid_room
 from ..models import Problem as ProblemOut
 from ..problems import Problem
 
 log = logging.getLogger(__name__)
-router = APIRouter(tags=["whep"], responses=ROOM_REFUSALS)
+router = APIRouter(tags=["whep"], dependencies=[Depends(valid_room)], responses=ROOM_REFUSALS | BAD_ROOM)
 SDP = "application/sdp"
 
 
@@ -31,7 +32,8 @@ def whep_options() -> Response:
     dependencies=[Depends(rate_limited)],
     responses={
         201: {"content": {SDP: {"schema": {"type": "string"}}}, "description": "SDP answer; Location names the session"},
-        400: {"model": ProblemOut, "description": "`bad_offer`: not an SDP offer this agent can answer"},
+        400: {"model": ProblemOut, "description": "`bad_offer`: not an SDP offer this agent can answer; "
+                                                  "`bad_room`: not a valid room name"},
         415: {"model": ProblemOut, "description": "the body is not application/sdp"},
         503: {"model": ProblemOut, "description": "`capacity`: too many peers in the room or rooms in the agent"},
     } | RATE_LIMITED,
@@ -58,7 +60,8 @@ async def whep_offer(room: str, request: Request, agent: Agent = Depends(get_age
         raise Problem(503, str(exc), code="capacity", headers={"Retry-After": "5"}) from None
     log.info("peer joined", extra={"room": room, "peer": session.peer_id, "identity": principal.identity,
                                    "can_publish": session.can_publish})
-    location = f"/v1/rooms/{room}/whep/{session.id}"
+    # percent-encoded: a room named in any script gives a header that is ASCII and resolves
+    location = f"/v1/rooms/{room_path(room)}/whep/{session.id}"
     return Response(session.pc.localDescription.sdp, status_code=201, media_type=SDP,
                     headers={"Location": location, "ETag": f'"{session.id}"'})
 
