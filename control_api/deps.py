@@ -44,6 +44,14 @@ def valid_room(request: Request) -> None:
         raise Problem(400, str(exc), code="bad_room") from None
 
 
+def check_token_ttl(ttl_s: int, agent: Agent) -> None:
+    """A token is minted only for a lifetime this agent will accept back."""
+    limit = agent.settings.max_token_ttl_s
+    if ttl_s > limit:
+        raise Problem(422, f"ttl_s: at most {limit} s (max_token_ttl_s)", code="bad_message",
+                      errors=[{"loc": ["body", "ttl_s"], "msg": f"at most {limit}"}])
+
+
 BAD_ROOM = {400: {"model": ProblemOut, "description": "`bad_room`: not a valid room name"}}
 
 
