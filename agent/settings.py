@@ -61,6 +61,11 @@ class Settings(BaseSettings):
     body_timeout_s: float = Field(10.0, gt=0)  # a request body must arrive within this
     max_rooms: int = Field(500, ge=1)
     max_peers_per_room: int = Field(50, ge=1)
+    # always-on queue caps (agent/queue_caps.py): over one, the sender gets `queue_full`
+    max_queue_per_room: int = Field(256, ge=1)
+    max_queue_chars_per_room: int = Field(200_000, ge=1)
+    max_queue_per_sender: int = Field(64, ge=1)
+    max_queue_chars_per_sender: int = Field(50_000, ge=1)
     room_grace_s: float = Field(30.0, ge=0)
     rate_limit_per_min: int = Field(600, ge=1)  # per token/IP on speak, synthesize and WHEP
     opus_bitrate: int = Field(32_000, ge=6_000, le=510_000)
@@ -102,6 +107,14 @@ class Settings(BaseSettings):
             if len(secret.encode()) < MIN_SECRET_BYTES and not (self.allow_short_secrets and is_loopback(self.host)):
                 raise ValueError(f"the secret of API key {key!r} is shorter than {MIN_SECRET_BYTES} bytes "
                                  "(allow_short_secrets is for tests on loopback only)")
+        return self
+
+    @model_validator(mode="after")
+    def _queue_caps_fit_one_message(self) -> "Settings":
+        for name in ("max_queue_chars_per_room", "max_queue_chars_per_sender"):
+            if getattr(self, name) < self.max_text_chars:
+                raise ValueError(f"{name} ({getattr(self, name)}) is below max_text_chars ({self.max_text_chars}): "
+                                 "a message of the longest allowed text could never be queued")
         return self
 
     @property
