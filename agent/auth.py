@@ -34,6 +34,7 @@ class Principal:
     room_admin: bool
     can_subscribe: bool
     can_publish_data: bool
+    issuer: str = ""  # the API key that signed it
 
 
 class TokenAuthority:
@@ -110,6 +111,7 @@ class TokenAuthority:
             room_admin=video.room_admin is True,
             can_subscribe=video.can_subscribe is not False,
             can_publish_data=video.can_publish_data is not False,
+            issuer=issuer,
         )
 
     def _check_lifetime(self, token: str) -> None:

@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     body_timeout_s: float = Field(10.0, gt=0)  # a request body must arrive within this
     max_rooms: int = Field(500, ge=1)
     max_peers_per_room: int = Field(50, ge=1)
+    max_peers_per_identity: int = Field(5, ge=1)  # WHEP sessions one identity (token) may hold in a room
     # always-on queue caps (agent/queue_caps.py): over one, the sender gets `queue_full`
     max_queue_per_room: int = Field(256, ge=1)
     max_queue_chars_per_room: int = Field(200_000, ge=1)

@@ -93,9 +93,16 @@ def admin_or_dev(request: Request, credentials: HTTPAuthorizationCredentials | N
 
 
 def client_key(request: Request, credentials: HTTPAuthorizationCredentials | None) -> str:
-    """Who a rate limit counts: the token (its signature part) if one is sent, else the client address."""
+    """Who a rate limit counts: the identity and issuer of a valid token (however its text is
+    spelled: one more `=` or a fresh token for the same identity is the same bucket), else the
+    client address (no token, or one that the route will refuse anyway)."""
     if credentials is not None and credentials.credentials:
-        return "token:" + credentials.credentials[-43:]
+        try:
+            principal = get_agent(request).tokens.verify(credentials.credentials)
+        except AuthError:
+            pass
+        else:
+            return f"identity:{principal.issuer}:{principal.identity}"
     return "ip:" + (request.client.host if request.client else "?")
 
 

@@ -35,6 +35,8 @@ def whep_options() -> Response:
         400: {"model": ProblemOut, "description": "`bad_offer`: not an SDP offer this agent can answer; "
                                                   "`bad_room`: not a valid room name"},
         415: {"model": ProblemOut, "description": "the body is not application/sdp"},
+        429: {"model": ProblemOut, "description": "`rate_limited`, or `too_many_sessions`: this identity "
+                                                  "already holds its share of the room's peers"},
         503: {"model": ProblemOut, "description": "`capacity`: too many peers in the room or rooms in the agent"},
     } | RATE_LIMITED,
     openapi_extra={"requestBody": {"required": True, "content": {SDP: {"schema": {"type": "string"}}}}},
@@ -50,6 +52,7 @@ async def whep_offer(room: str, request: Request, agent: Agent = Depends(get_age
         offer = (await request.body()).decode("utf-8")
     except UnicodeDecodeError:
         raise Problem(400, "the offer is not UTF-8 text") from None
+    _check_share(agent, room, principal.identity)
     try:
         session = await agent.webrtc.answer(room, offer, principal.identity,
                                             can_publish=principal.can_publish_data or principal.room_admin)
@@ -64,6 +67,17 @@ async def whep_offer(room: str, request: Request, agent: Agent = Depends(get_age
     location = f"/v1/rooms/{room_path(room)}/whep/{session.id}"
     return Response(session.pc.localDescription.sdp, status_code=201, media_type=SDP,
                     headers={"Location": location, "ETag": f'"{session.id}"'})
+
+
+def _check_share(agent: Agent, room: str, identity: str) -> None:
+    """One token (one identity) may not take all of a room's peer slots. Checked right before
+    `answer`, which adds the peer before its first await: no second offer slips in between."""
+    limit = agent.settings.max_peers_per_identity
+    held = sum(1 for s in agent.webrtc.sessions.values() if s.room.name == room and s.identity == identity)
+    if held >= limit:
+        log.warning("WHEP refused: identity over its share", extra={"room": room, "identity": identity})
+        raise Problem(429, f"{identity!r} already has {held} sessions in this room, the most allowed "
+                      "(max_peers_per_identity)", code="too_many_sessions", headers={"Retry-After": "5"})
 
 
 @router.delete("/v1/rooms/{room}/whep/{session_id}", status_code=200,
