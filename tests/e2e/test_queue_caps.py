@@ -45,6 +45,7 @@ async def test_a_flooding_peer_is_capped_and_its_queue_leaves_with_it(running):
                 assert ok.status_code == 202
             over = await http.post("/v1/rooms/capped/speak", json={"text": "ops 5", "id": "h5"}, headers=admin)
             assert assert_problem(over, 429, "queue_full")["id"] == "h5"
+            assert over.headers["retry-after"] == "1"
         listener.send({"type": "ping", "t": 2})
         await listener.wait_event("pong", t=2)
         assert listener.events_of("error") == []  # the flooder's refusals went to it alone
