@@ -322,9 +322,9 @@ class LiveKitSession:
         """Move `lk.agent.state` after a room event (in order with the events: the outbox)."""
         room = self.room
         if room is not None and not room.closed:
-            self._send_state(self.agent_state.after_event(ev, room.speaker))
+            self.send_state(self.agent_state.after_event(ev, room.speaker))
 
-    def _send_state(self, state: str | None) -> None:
+    def send_state(self, state: str | None) -> None:
         if state is not None:
             self.outbox.put(lambda: self.publisher.set_attributes({ATTR_AGENT_STATE: state}))
 
@@ -415,7 +415,7 @@ class LiveKitTransport:
         for participant in list(lk_room.remote_participants.values()):
             self._participant_joined(session, participant.identity)
         self._sync_listening(session)  # the agent's settings may have barge-in on from the start
-        session._send_state(session.agent_state.joined())
+        session.send_state(session.agent_state.joined())
         log.info("joined livekit room", extra={"room": room_name})
         return session
 
