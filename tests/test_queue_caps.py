@@ -89,3 +89,25 @@ async def test_a_senders_queue_goes_with_it_and_its_open_utterance_ends():
     # the open utterance that was playing ends with what it had, then the room goes on
     await stage.play_until_idle()
     assert stage.of("finished", id="open") and stage.of("finished", id="person")
+
+
+# -- LiveKit rooms: a participant's queue leaves with it too ------------------------------------
+
+from tests.test_livekit_transport import lk, packet, participant  # noqa: E402,F401 (fixture)
+
+
+async def test_a_livekit_participant_leaving_takes_its_queue(lk):  # noqa: F811
+    _, lk_room, session, pub = lk
+    alice, bob = participant("alice"), participant("bob")
+    for who in (alice, bob):
+        lk_room.emit("participant_connected", who)
+    long = "Alice keeps talking for quite a while, sentence after sentence. " * 4
+    lk_room.emit("data_received", packet({"type": "synthesize", "text": long, "id": "a0"}, alice))
+    for uid, who in (("a1", alice), ("a2", alice), ("b1", bob)):
+        lk_room.emit("data_received", packet({"type": "synthesize", "text": "later", "id": uid}, who))
+    await pub.wait_for(lambda: pub.events("started"))
+    lk_room.emit("participant_disconnected", alice)
+    gone = await pub.wait_for(lambda: len(pub.events("interrupted")) >= 2 and pub.events("interrupted"))
+    assert [(e["id"], e["reason"]) for e in gone] == [("a1", "disconnect"), ("a2", "disconnect")]
+    speaker = session.room.speaker
+    assert [u.id for u in speaker.queue] == ["b1"] and speaker.current.id == "a0"  # bob stays, so the room
