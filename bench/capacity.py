@@ -33,7 +33,7 @@ import httpx
 import numpy as np
 
 from .common import (ProcessMeter, ServerProcess, our_agent, pinned, plot_curves, print_table, reference_speed,
-                     room_token, scrape, use_loopback_ice, write_result)
+                     room_token, run_queue_wait_s, scrape, use_loopback_ice, write_result)
 from .listener import Listener, connect_listeners
 from .packets import arrival_lateness, missing_packets
 
@@ -41,6 +41,7 @@ ON_TIME_TARGET = 0.999
 AGENT_LATE_S = 0.005  # the agent's own counter: a frame sent more than this after its slot
 CLIENT_LATE_S = 0.010  # at the client: an RTP packet arriving more than this after the stream's schedule
 SATURATED_CPU_PCT = 90.0  # a process this busy is out of CPU, not stalled
+CONTENDED_MS_PER_S = 10.0  # the loop's thread waiting this long on the run queue: other tasks have its core
 FRAME_S = 0.020
 SENTENCES = (
     "The frame clock wakes once every twenty milliseconds and asks each room for its next frame.",
@@ -141,10 +142,12 @@ async def ramp(server: ServerProcess, steps: list[int], warmup_s: float, window_
                 heard_before = await _heard(ear)
                 meter.mark()
                 me.mark()
+                runq_before = run_queue_wait_s(server.pid)
                 t0 = time.perf_counter()
                 await asyncio.sleep(window_s)  # the measurement window
                 elapsed = time.perf_counter() - t0
                 cpu, load_cpu, rss = meter.cpu_percent(), me.cpu_percent(), meter.rss_mb()
+                runq_after = run_queue_wait_s(server.pid)
                 heard_after = await _heard(ear)
                 after = await asyncio.to_thread(scrape, server.base_url) if agent_counters else {}
 
@@ -152,6 +155,9 @@ async def ramp(server: ServerProcess, steps: list[int], warmup_s: float, window_
                         "server_cpu_pct": round(cpu, 1), "server_rss_mb": round(rss, 1),
                         "rss_per_room_mb": round((rss - prev_rss) / (rooms - prev_rooms), 3),
                         "load_cpu_pct": round(load_cpu, 1),
+                        # the server loop thread's wait for its core: a shared machine shows here
+                        "loop_runq_ms_per_s": (round(1000 * (runq_after - runq_before) / elapsed, 1)
+                                               if runq_before is not None and runq_after is not None else None),
                         "client": _client_window(listeners, starts)}
                 if agent_counters:
                     step["agent"] = _agent_window(before, after, rooms, elapsed)
@@ -255,7 +261,10 @@ def _likely_cause(step: dict) -> str:
     gc_worst = sum(g["over_5ms"] for g in agent["gc"].values())
     parts = [f"loop stalls at {step['server_cpu_pct']:.0f} % CPU: {_pct(agent['ticks_started_late'])} of ticks "
              f"started > 5 ms late, {_pct(agent['ticks_long'])} took > 5 ms, {gc_worst} GC passes > 5 ms"]
-    if agent["ticks_started_late"] > 2 * agent["ticks_long"] and not gc_worst:
+    runq = step.get("loop_runq_ms_per_s")
+    if runq is not None and runq >= CONTENDED_MS_PER_S:
+        parts.append(f"its thread waited {runq:.0f} ms/s on the run queue: other tasks have its core")
+    elif agent["ticks_started_late"] > 2 * agent["ticks_long"] and not gc_worst:
         parts.append("the loop is held between ticks")
     if client_only:
         parts = [f"only the client saw it, with the agent on time: the network path or the load peers "
@@ -299,7 +308,8 @@ def _print_step(s: dict) -> None:
     ear_text = f", Chromium concealed {_pct(ear['concealed_share'])}" if ear else ""
     print(f"  rooms {s['rooms']:4d}: on time agent {_pct(agent.get('on_time'))}, client {_pct(s['client']['on_time'])}"
           f"{ear_text}; server CPU {s['server_cpu_pct']:.0f} % ({s['cost']['cpu_pct_per_room']:.3f} %/room), "
-          f"RSS {s['server_rss_mb']:.0f} MB, load CPU {s['load_cpu_pct']:.0f} %{gc_text}", flush=True)
+          f"RSS {s['server_rss_mb']:.0f} MB, load CPU {s['load_cpu_pct']:.0f} %, loop run-queue wait "
+          f"{s['loop_runq_ms_per_s'] if s['loop_runq_ms_per_s'] is not None else '-'} ms/s{gc_text}", flush=True)
     if s["failure"]:
         print(f"      fails: {s['failure']}", flush=True)
 
@@ -341,11 +351,12 @@ def main(quick: bool = False, ramps: int = 1) -> dict:
     rows = [[s["rooms"], _pct(s["agent"]["on_time"]), _pct(s["client"]["on_time"]),
              _pct((s.get("listener") or {}).get("concealed_share")), s["agent"]["frames_late"],
              max(s["agent"]["frames_expected"] - s["agent"]["frames_sent"], 0),
-             _pct(s["agent"]["ticks_started_late"]), s["server_cpu_pct"], s["cost"]["cpu_pct_per_room"],
+             _pct(s["agent"]["ticks_started_late"]), s["loop_runq_ms_per_s"], s["server_cpu_pct"],
+             s["cost"]["cpu_pct_per_room"],
              s["cost"].get("ratio_to_floor"), s["server_rss_mb"], s["load_cpu_pct"]] for s in steps]
     print_table("Capacity (agent pinned to one core; the median ramp)",
                 ["rooms", "agent ≤5 ms", "client ≤10 ms", "concealed", "late", "unsent", "ticks late",
-                 "CPU %", "CPU %/room", "× Opus floor", "RSS MB", "load CPU %"], rows)
+                 "runq ms/s", "CPU %", "CPU %/room", "× Opus floor", "RSS MB", "load CPU %"], rows)
     for i, r in enumerate(runs):
         failure = r["first_failure"]
         print(f"ramp {i + 1}: capacity {r['capacity_rooms']} rooms; first failing step: "

@@ -156,6 +156,15 @@ class ProcessMeter:
         return self.proc.memory_info().rss / 2**20
 
 
+def run_queue_wait_s(pid: int, tid: int | None = None) -> float | None:
+    """Seconds a thread (default: the process's main thread, where the servers run their event
+    loop) has waited runnable on a run queue: time other tasks had its core (Linux schedstat)."""
+    try:
+        return int(Path(f"/proc/{pid}/task/{tid or pid}/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def percentiles(values, ps=(50, 95, 99)) -> dict[str, float | int | None]:
     arr = np.asarray(list(values), dtype=float)
     out: dict[str, float | int | None] = {"n": int(arr.size)}

@@ -6,8 +6,9 @@ from __future__ import annotations
 from bench.capacity import capacity_of, first_failure, median_capacity, room_cost, step_failure
 
 
-def step(rooms: int, agent: float | None = 1.0, client: float | None = 1.0, cpu: float = 30.0) -> dict:
-    s = {"rooms": rooms, "server_cpu_pct": cpu, "load_cpu_pct": 20.0,
+def step(rooms: int, agent: float | None = 1.0, client: float | None = 1.0, cpu: float = 30.0,
+         runq: float | None = 1.0) -> dict:
+    s = {"rooms": rooms, "server_cpu_pct": cpu, "load_cpu_pct": 20.0, "loop_runq_ms_per_s": runq,
          "client": {"on_time": client, "late": 0 if client == 1.0 else 7, "missing": 0, "late_after_ms": 10.0}}
     if agent is not ...:
         s["agent"] = {"on_time": agent, "frames_sent": 1000, "frames_expected": 1000, "frames_late": 3,
@@ -58,6 +59,8 @@ def test_the_cause_names_the_view_and_separates_saturation_from_stalls():
     assert "held between ticks" in stalled  # ticks start late far more often than they run long
     assert "saturated" in step_failure(step(150, agent=0.6, client=0.7, cpu=99.0))
     assert step_failure(step(25)) is None
+    contended = step_failure(step(25, agent=0.983, cpu=33.0, runq=120.0))
+    assert "waited 120 ms/s on the run queue" in contended and "held between ticks" not in contended
     client_only = step_failure(step(25, client=0.99))
     assert client_only.startswith("client 99.00 %") and "only the client saw it" in client_only
 
