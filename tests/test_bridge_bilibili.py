@@ -11,9 +11,9 @@ import pytest
 
 blivedm = pytest.importorskip("blivedm")
 
-from agent.bridges.bilibili import BilibiliChat, Templates  # noqa: E402
-from agent.bridges.lines import ChatLine  # noqa: E402
-from agent.bridges.sink import AdminToken, SpeakSink  # noqa: E402
+from bridges.bilibili import BilibiliChat, Templates  # noqa: E402
+from bridges.lines import ChatLine  # noqa: E402
+from bridges.sink import AdminToken, SpeakSink  # noqa: E402
 from tests.conftest import start_agent, stop_agent  # noqa: E402
 
 

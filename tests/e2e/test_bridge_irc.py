@@ -17,10 +17,10 @@ from pathlib import Path
 import pydle
 import pytest
 
-from agent.bridges.backoff import Backoff
-from agent.bridges.irc import IrcBridge
-from agent.bridges.lines import LineFilter
-from agent.bridges.sink import AdminToken, SpeakSink
+from bridges.backoff import Backoff
+from bridges.irc import IrcBridge
+from bridges.lines import LineFilter
+from bridges.sink import AdminToken, SpeakSink
 from tests.conftest import start_agent, stop_agent
 
 NGIRCD = "/usr/sbin/ngircd"

@@ -72,7 +72,7 @@ def _sink(args, bridge: str) -> SpeakSink:
 
 
 def _setup(args) -> None:
-    from ..logs import setup_logging
+    from agent.logs import setup_logging
 
     setup_logging(args.log_format, "INFO")
     # the libraries' own logs are per message or per unknown numeric: only with --verbose
