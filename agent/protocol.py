@@ -11,7 +11,7 @@ import time
 from enum import Enum
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 64 * 1024
@@ -91,6 +91,15 @@ class Append(_Message):
 class Interrupt(_Message):
     type: Literal["interrupt"] = "interrupt"
     id: UtteranceId | None = None
+    from_: str | None = Field(None, alias="from", min_length=1, max_length=200)  # every utterance of this sender
+
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _one_target(self):
+        if self.id is not None and self.from_ is not None:
+            raise ValueError("give `id` or `from`, not both")
+        return self
 
 
 class Configure(_Message):

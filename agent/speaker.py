@@ -161,7 +161,7 @@ class Speaker:
             self.append(cmd)
             return None
         if isinstance(cmd, Interrupt):
-            self.interrupt(cmd.id, received=received)
+            self.interrupt(cmd.id, received=received, sender=cmd.from_)
             return None
         if isinstance(cmd, Configure):
             self.configure(cmd)
@@ -209,7 +209,13 @@ class Speaker:
         utt.more.set()
 
     def interrupt(self, uid: str | None = None, reason: str = "interrupt", clear_queue: bool = True,
-                  received: float | None = None) -> None:
+                  received: float | None = None, sender: str | None = None) -> None:
+        if sender is not None:  # a banned chat user: all of theirs, and none an error when there is none
+            for utt in [u for u in self.queue if u.sender == sender]:
+                self._cut(utt, reason)
+            if self.current is not None and self.current.sender == sender:
+                self._cut(self.current, reason, received)
+            return
         if uid is None:
             if clear_queue:
                 for utt in list(self.queue):

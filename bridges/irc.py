@@ -1,9 +1,7 @@
-"""IRC chat in (Twitch chat is IRC): read one channel, hand each message to the sink.
-
-pydle (BSD, asyncio-native) speaks the protocol: registration, PING/PONG, TLS, nick
-fallbacks. The reconnect loop is ours: pydle's own retries give up after three attempts
-and stop for good when the server is still down at a retry; a chat bridge must outlive any
-server restart, so it reconnects forever with exponential backoff.
+"""IRC chat in (Twitch chat is IRC): read one channel, hand each line, and each moderator's
+removal, to the sink. `ircconn` speaks the protocol, `twitch` reads what the lines mean; the
+reconnect loop is here: a chat bridge must outlive any server restart, so it reconnects
+forever with exponential backoff (at once when Twitch asks with RECONNECT).
 """
 
 from __future__ import annotations
@@ -11,36 +9,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import re
-from collections.abc import Callable
-
-import pydle
+from collections import OrderedDict
 
 from . import metrics
 from .backoff import Backoff
-from .lines import ChatLine
+from .ircconn import IrcClosed, IrcConnection
+from .ircmsg import IrcMessage
+from .lines import Retract
 from .sink import SpeakSink
+from .twitch import chat_line, login_of, moderation, plain_text  # noqa: F401  (plain_text: public helper)
 
 log = logging.getLogger("tts_agent.bridge.irc")
-PROTOCOL_LOG = logging.getLogger("tts_agent.bridge.irc.pydle")  # pydle's own chatter: unknown numerics, ...
 
-REGISTRATION_TIMEOUT_S = 30.0
-# mIRC formatting: bold, italic, underline, reverse, reset, monospace, strike; colours with their digits
-_FORMATTING = re.compile(r"\x03(?:\d{1,2}(?:,\d{1,2})?)?|\x04[0-9a-fA-F]{0,6}|[\x02\x0f\x11\x16\x1d\x1e\x1f]")
-_ACTION = re.compile(r"^\x01ACTION (.*?)\x01?$", re.DOTALL)
+KNOWN_LOGINS = 10_000  # login -> the names read aloud for it, for CLEARCHAT; the stalest are forgotten
 
 
 def anonymous_nick() -> str:
     """Twitch (and most servers) accept `justinfan<digits>` as a read-only login without a password."""
     return f"justinfan{random.randint(10_000, 99_999_999)}"
-
-
-def plain_text(message: str) -> str:
-    """The words of an IRC message: formatting codes removed, /me actions as their text."""
-    action = _ACTION.match(message)
-    if action:
-        message = action.group(1)
-    return _FORMATTING.sub("", message).replace("\x01", "")
 
 
 def parse_server(value: str) -> tuple[str, int]:
@@ -52,65 +38,6 @@ def parse_server(value: str) -> tuple[str, int]:
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"not a host:port: {value!r}")
     return host, int(port)
-
-
-class ChannelReader(pydle.MinimalClient):
-    """One connection: joins the channel and reports its messages and its end.
-
-    pydle's minimal feature set (RFC 1459, TLS, ISUPPORT, CTCP, WHOX): no IRCv3 capability
-    negotiation to stall on servers that do not answer CAP LS as pydle expects."""
-
-    RECONNECT_ON_ERROR = False  # IrcBridge reconnects
-
-    def __init__(self, nick: str, channel: str, on_message: Callable[[str, str], None],
-                 on_ping: Callable[[], None] = lambda: None):
-        # a short fallback for servers that keep the RFC's 9-character nicks
-        super().__init__(nick, fallback_nicknames=[f"{nick}_", f"tts{random.randint(10_000, 99_999)}"])
-        self.channel = channel
-        self.on_line = on_message
-        self.on_ping = on_ping
-        self.joined = asyncio.Event()
-        self.gone = asyncio.Event()
-        self.reason = "connection closed"
-
-    async def connect(self, *args, **kwargs) -> None:
-        await super().connect(*args, **kwargs)
-        # pydle names its logger after the server; one fixed name lets the CLI quiet it
-        self.logger = PROTOCOL_LOG
-
-    async def on_connect(self) -> None:
-        await super().on_connect()
-        await self.join(self.channel)
-
-    async def on_join(self, channel: str, user: str) -> None:
-        if self.is_same_nick(user, self.nickname) and self.is_same_channel(channel, self.channel):
-            self.joined.set()
-
-    async def on_kick(self, channel: str, target: str, by: str, reason: str | None = None) -> None:
-        if self.is_same_nick(target, self.nickname) and self.is_same_channel(channel, self.channel):
-            self.reason = f"kicked by {by}"
-            await self.disconnect(expected=False)
-
-    async def on_raw_ping(self, message) -> None:
-        await super().on_raw_ping(message)  # pydle answers PONG
-        self.on_ping()
-
-    async def on_channel_message(self, target: str, by: str, message: str) -> None:
-        if self.is_same_channel(target, self.channel):
-            self.on_line(by, plain_text(message))
-
-    async def on_ctcp_action(self, by: str, target: str, contents: str) -> None:
-        # "/me waves" reads as the sender's line "waves"
-        if self.is_same_channel(target, self.channel) and contents:
-            self.on_line(by, plain_text(contents))
-
-    async def on_data_error(self, exception: BaseException) -> None:
-        # the server's ERROR line (e.g. "Server going down") is the reason; IrcBridge logs it once
-        self.reason = str(exception) or exception.__class__.__name__
-        await self.disconnect(expected=False)
-
-    async def on_disconnect(self, expected: bool) -> None:
-        self.gone.set()
 
 
 class IrcBridge:
@@ -127,14 +54,38 @@ class IrcBridge:
         self.backoff = backoff or Backoff(1.0, 60.0)
         self.joins = 0  # connections that reached the channel; tests wait on it growing
         self.pings_answered = 0  # the server's keep-alives
+        self.caps: set[str] = set()  # capabilities the server granted on the last connection
+        self._names: OrderedDict[str, set[str]] = OrderedDict()  # login -> display names read
         self._joined = asyncio.Condition()
 
     @property
     def where(self) -> str:
         return f"{self.host}:{self.port}{' (tls)' if self.tls else ''} {self.channel}"
 
-    def on_message(self, sender: str, text: str) -> None:
-        self.sink.offer(ChatLine(sender, text))
+    def on_message(self, msg: IrcMessage) -> None:
+        line = chat_line(msg, self.channel)
+        if line is not None:
+            self._remember(login_of(msg), line.sender)
+            self.sink.offer(line)
+            return
+        removal = moderation(msg, self.channel)
+        if removal is None:
+            return
+        retract, login = removal
+        if login is None:
+            self.sink.retract(retract)
+            return
+        # the room knows a sender by the name read aloud (Twitch's display name), CLEARCHAT by login
+        for name in sorted(self._names.get(login, set()) | {login}):
+            self.sink.retract(Retract(sender=name))
+
+    def _remember(self, login: str, name: str) -> None:
+        if not login:
+            return
+        self._names.setdefault(login, set()).add(name)
+        self._names.move_to_end(login)
+        if len(self._names) > KNOWN_LOGINS:
+            self._names.popitem(last=False)
 
     def _pinged(self) -> None:
         self.pings_answered += 1
@@ -145,52 +96,40 @@ class IrcBridge:
             await self._joined.wait_for(lambda: self.joins > more_than)
             return self.joins
 
+    def _on_joined(self, conn: IrcConnection) -> None:
+        self.caps = set(conn.caps)
+        self.backoff.reset()
+        log.info("irc: connected to %s as %s%s", self.where, conn.nickname,
+                 f" ({' '.join(sorted(conn.caps))})" if conn.caps else "")
+        metrics.CONNECTIONS.labels(self.sink.bridge).inc()
+        self.joins += 1
+        asyncio.get_running_loop().create_task(self._notify_joined())
+
+    async def _notify_joined(self) -> None:
+        async with self._joined:
+            self._joined.notify_all()
+
     async def run(self) -> None:
         """Read the channel until cancelled, reconnecting whenever the connection ends."""
         failing_since_logged = False
         while True:
-            reader = ChannelReader(self.nick, self.channel, self.on_message, self._pinged)
+            conn = IrcConnection(self.host, self.port, self.channel, self.nick, password=self.password,
+                                 tls=self.tls, tls_verify=self.tls_verify, on_message=self.on_message,
+                                 on_joined=lambda: self._on_joined(conn), on_ping=self._pinged)
+            joins_before = self.joins
             try:
-                await reader.connect(self.host, self.port, tls=self.tls, tls_verify=self.tls_verify,
-                                     password=self.password)
-                done, _ = await asyncio.wait([asyncio.ensure_future(reader.joined.wait()),
-                                              asyncio.ensure_future(reader.gone.wait())],
-                                             timeout=REGISTRATION_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
-                for t in _:
-                    t.cancel()
-                if not reader.joined.is_set():
-                    raise ConnectionError(reader.reason if reader.gone.is_set() else "no welcome or join in time")
-            except (OSError, asyncio.TimeoutError, ConnectionError, pydle.Error) as exc:
-                await _quietly_close(reader)
-                delay = self.backoff.next_delay()
+                await conn.run()
+            except IrcClosed as exc:
+                reason, now = str(exc), exc.reconnect_now
+            except (OSError, TimeoutError) as exc:
+                reason, now = str(exc) or exc.__class__.__name__, False
+            joined = self.joins > joins_before
+            delay = 0.0 if now else self.backoff.next_delay()
+            if joined:
+                failing_since_logged = False
+                log.warning("irc: disconnected from %s (%s); reconnecting in %.1f s", self.where, reason, delay)
+            else:
                 level = logging.DEBUG if failing_since_logged else logging.WARNING
-                log.log(level, "irc: cannot reach %s (%s); retrying in %.1f s", self.where,
-                        str(exc) or exc.__class__.__name__, delay)
+                log.log(level, "irc: cannot reach %s (%s); retrying in %.1f s", self.where, reason, delay)
                 failing_since_logged = True
-                await asyncio.sleep(delay)
-                continue
-            except asyncio.CancelledError:
-                await _quietly_close(reader)
-                raise
-            failing_since_logged = False
-            self.backoff.reset()
-            log.info("irc: connected to %s as %s", self.where, reader.nickname)
-            metrics.CONNECTIONS.labels(self.sink.bridge).inc()
-            async with self._joined:
-                self.joins += 1
-                self._joined.notify_all()
-            try:
-                await reader.gone.wait()
-            finally:
-                await _quietly_close(reader)
-            delay = self.backoff.next_delay()
-            log.warning("irc: disconnected from %s (%s); reconnecting in %.1f s", self.where, reader.reason, delay)
             await asyncio.sleep(delay)
-
-
-async def _quietly_close(reader: ChannelReader) -> None:
-    if reader.connected:
-        try:
-            await reader.disconnect(expected=True)
-        except Exception:  # the socket is already gone; nothing to tell
-            pass
