@@ -54,6 +54,8 @@ class DanmuRules(_Message):
     max_wait_s: float | None = Field(None, gt=0, le=86_400)
     blocked_words: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(None, max_length=1000)
     template: str | None = Field(None, min_length=1, max_length=500)
+    summary: str | None = Field(None, min_length=1, max_length=500)  # "and {n} more messages"
+    max_speed: float | None = Field(None, ge=0.5, le=2.0)
 
 
 class BargeIn(_Message):
