@@ -80,8 +80,6 @@ def _setup(args) -> None:
     setup_logging(args.log_format, "INFO")
     # httpx logs every request: only with --verbose
     logging.getLogger("httpx").setLevel(logging.INFO if args.verbose else logging.ERROR)
-    # blivedm logs its websocket reconnects (connection changes) as warnings: keep those
-    logging.getLogger("blivedm").setLevel(logging.INFO if args.verbose else logging.WARNING)
     if args.metrics_port is not None:
         from prometheus_client import start_http_server
 
@@ -135,10 +133,12 @@ def cmd_irc(args) -> int:
 
 
 def cmd_bilibili(args) -> int:
-    from .bilibili import MISSING, BilibiliBridge, Templates
+    try:
+        import brotli  # noqa: F401  (Bilibili's brotli bodies)
+    except ImportError as exc:
+        sys.exit(f"tts-agent bridge bilibili: needs brotli (pip install 'tts-agent[bilibili]'): {exc}")
+    from .bilibili import BilibiliBridge, Templates
 
-    if MISSING is not None:
-        sys.exit(f"tts-agent bridge bilibili: needs blivedm (pip install blivedm): {MISSING}")
     _setup(args)
     defaults = Templates()
     templates = Templates(gift=args.gift_template or defaults.gift, guard=args.guard_template or defaults.guard,
