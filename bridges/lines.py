@@ -45,7 +45,7 @@ class Retract:
         if self.id is not None:
             return line.id == self.id
         if self.sender is not None:
-            return line.sender.casefold() == self.sender.casefold()
+            return line.sender == self.sender  # as the room matches `from`: exactly
         return True
 
     def interrupt_body(self) -> dict:

@@ -117,6 +117,11 @@ class SpeakSink:
         self.start()
         self._push(what)
 
+    @property
+    def backlog(self) -> int:
+        """Lines and retractions waiting to be posted (the one in flight not counted)."""
+        return len(self._pending)
+
     def _push(self, item: ChatLine | Retract) -> None:
         self._pending.append(item)
         self._drained.clear()
