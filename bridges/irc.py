@@ -17,7 +17,7 @@ from .ircconn import IrcClosed, IrcConnection
 from .ircmsg import IrcMessage
 from .lines import Retract
 from .sink import SpeakSink
-from .twitch import chat_line, login_of, moderation, plain_text  # noqa: F401  (plain_text: public helper)
+from .twitch import chat_line, login_of, moderation
 
 log = logging.getLogger("tts_agent.bridge.irc")
 
