@@ -146,7 +146,8 @@ class IrcConnection:
                     elif cmd == "001":
                         registered = True
                         self.nickname = msg.param(0, self.nickname)
-                        self.send("JOIN", self.channel)
+                        # IRC channel names are case-insensitive, Twitch's are lower case
+                        self.send("JOIN", self.channel.lower())
                     elif cmd in ("432", "433") and not registered:  # nick refused or taken: the next one
                         try:
                             self.nickname = next(nicks)

@@ -239,7 +239,7 @@ class SpeakSink:
 
     def _answered(self, line: ChatLine, resp: httpx.Response) -> None:
         status = resp.status_code
-        self._note_room(status != 404 or _code(resp) != "unknown_room")
+        self._note_room(status != 404)
         if status == 202:
             body = resp.json()
             if body.get("status") == "dropped":

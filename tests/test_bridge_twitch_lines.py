@@ -99,3 +99,23 @@ def test_mentions_of_the_streamer_go_first():
     assert [f.admit(ChatLine("a", t))[0].priority for t in ("hey @RONNI nice", "hi ronni!", "ronnie hi", "主播好", "wow")] \
         == ["high", "high", "normal", "high", "normal"]
     assert f.admit(ChatLine("a", "ronni", id="x"))[0].id == "x"
+
+
+async def test_a_refused_login_ends_the_connection_with_twitchs_notice():
+    from bridges.ircconn import IrcClosed, IrcConnection
+    from tests.twitch_double import TwitchDouble
+
+    double = TwitchDouble()
+    await double.start()
+    try:
+        conn = IrcConnection("127.0.0.1", double.port, "#Streamer", "someuser", password="not-an-oauth-token")
+        with pytest.raises(IrcClosed, match="Login authentication failed"):
+            await conn.run()
+        anonymous = IrcConnection("127.0.0.1", double.port, "#Streamer", "justinfan123",
+                                  on_joined=lambda: double.reconnect())
+        with pytest.raises(IrcClosed) as closed:
+            await anonymous.run()
+        assert closed.value.reconnect_now and anonymous.caps == {"twitch.tv/tags", "twitch.tv/commands"}
+        assert "JOIN #streamer" in double.received  # Twitch's channel names are lower case
+    finally:
+        await double.close()
