@@ -9,10 +9,11 @@ What it does, line for line as documented:
   `:tmi.twitch.tv NOTICE * :Login authentication failed` and the connection is closed.
 - `JOIN #chan` -> the JOIN echo, `353`, `366`, then USERSTATE and ROOMSTATE (commands cap).
 - `PING` -> `PONG`; the server's own `PING :tmi.twitch.tv` expects `PONG :tmi.twitch.tv`.
-- Every command it does not serve (WHOIS, WHO, MODE, USER, CAP END, ...) ->
-  `:tmi.twitch.tv 421 <user> <command> :Unknown command`. Twitch documents the 421 answer for
-  commands it does not support; whether the real server silently ignores USER and CAP END is not
-  documented, so the double is the strict case.
+- Every command it does not serve (WHOIS, WHO, MODE, CAP END, ...) ->
+  `:tmi.twitch.tv 421 <user> <command> :Unknown command`, the answer Twitch documents for
+  commands it does not support. Two assumptions where the docs are silent: `USER`, which most
+  IRC clients send and which Twitch's examples leave out, is taken without an answer (such
+  clients do log in); `CAP END` gets the strict 421.
 - Chat goes out to joined clients as PRIVMSG with the tags of the docs (id, display-name, bits,
   msg-id=highlighted-message, custom-reward-id, badges, mod, ...); CLEARMSG, CLEARCHAT and
   USERNOTICE only to clients that asked for twitch.tv/commands; tags only with twitch.tv/tags.
@@ -32,7 +33,7 @@ from bridges.ircmsg import format_line, parse
 HOST = "tmi.twitch.tv"
 ROOM_ID = "12345678"
 SUPPORTED_CAPS = {"twitch.tv/tags", "twitch.tv/commands", "twitch.tv/membership"}
-SERVED = {"CAP", "PASS", "NICK", "JOIN", "PART", "PING", "PONG", "PRIVMSG", "QUIT"}
+SERVED = {"CAP", "PASS", "NICK", "USER", "JOIN", "PART", "PING", "PONG", "PRIVMSG", "QUIT"}
 
 
 @dataclass
