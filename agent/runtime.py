@@ -27,7 +27,7 @@ class Agent:
         self._owns_engines = engines is None  # engines passed in are shared: the caller closes them
         self.engines = engines if engines is not None else default_engines(settings)
         self.voices = VoiceRegistry(self.engines, settings.voice)
-        self.tokens = TokenAuthority(settings.keys)
+        self.tokens = TokenAuthority(settings.keys, settings.max_token_ttl_s)
         self.rooms = RoomRegistry(settings, self.voices)
         self.webrtc = WebRTCTransport(self.rooms, settings)
         self.listening = attach_listening(self.webrtc)  # barge-in: decodes nothing while off

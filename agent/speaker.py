@@ -24,6 +24,7 @@ from engines.text import complete_prefix
 from . import metrics
 from .audio import FRAME_SAMPLES, SAMPLE_RATE, PcmBuffer, Resampler, fade_out
 from .danmu import DanmuPolicy
+from .queue_caps import QueueCaps
 from .protocol import (
     PRIORITY_RANK,
     Append,
@@ -76,7 +77,7 @@ class Utterance:
     __slots__ = (
         "id", "text", "voice", "speed", "priority", "rank", "seq", "sender", "final", "received",
         "enqueued", "buffer", "marks", "producer", "synth_done", "played", "started", "more",
-        "space", "waiting_space", "error",
+        "space", "waiting_space", "error", "owner",
     )
 
     def __init__(self, id: str, text: str, voice: Voice, speed: float, priority: str, seq: int,
@@ -102,6 +103,7 @@ class Utterance:
         self.space = asyncio.Event()  # playout made room in the buffer
         self.waiting_space = False
         self.error: str | None = None
+        self.owner: str | None = None  # who handed it in (peer or http:identity), for queue caps
 
     @property
     def key(self) -> tuple[int, int]:
@@ -126,6 +128,7 @@ class Speaker:
         max_text_chars: int = 5000,
         word_captions: bool = True,
         clock: Callable[[], float] = time.monotonic,
+        caps: QueueCaps | None = None,
     ):
         self.room = room
         self.voices = voices
@@ -136,6 +139,7 @@ class Speaker:
         self.danmu = DanmuPolicy(danmu, clock)
         self.barge_in = barge_in or BargeIn()
         self.max_text_chars = max_text_chars
+        self.caps = caps or QueueCaps()
         self.word_captions = word_captions
         self.queue: list[Utterance] = []  # sorted by (rank, seq)
         self.current: Utterance | None = None
@@ -188,6 +192,9 @@ class Speaker:
                 uid = f"u{next(self._auto_id)}"
         elif uid in self._recent_ids:
             raise ProtocolError(ErrorCode.duplicate_id, f"utterance id {uid!r} was already used in this room", uid)
+        danmu_cap = self.danmu.rules.max_queue
+        self.caps.check(self.queue, sender, len(cmd.text), uid,
+                        room_makes_room=danmu_cap is not None and danmu_cap <= self.caps.room_items)
         self._remember(uid)
         admission = self.danmu.admit(cmd.text, cmd.from_)
         if admission.dropped:
@@ -195,6 +202,7 @@ class Speaker:
             return uid, admission.dropped
         utt = Utterance(uid, admission.text, voice, cmd.speed or self.speed, cmd.priority, next(self._seq),
                         cmd.from_, cmd.final, received, self.clock())
+        utt.owner = sender
         if not cmd.final:
             self._open[uid] = utt
         if cmd.priority == "critical" and self.current is not None:
@@ -207,6 +215,8 @@ class Speaker:
             raise ProtocolError(ErrorCode.unknown_utterance, f"no open utterance {cmd.id!r}", cmd.id)
         if len(utt.text) + len(cmd.text) > self.max_text_chars:
             raise ProtocolError(ErrorCode.text_too_long, f"utterance would exceed {self.max_text_chars} characters", cmd.id)
+        if utt is not self.current:  # text waiting in the queue counts against the caps
+            self.caps.check(self.queue, utt.owner, len(cmd.text), cmd.id, new_items=0)
         utt.text += cmd.text
         if cmd.final:
             utt.final = True
@@ -237,6 +247,17 @@ class Speaker:
                 self._cut(utt, reason)
                 return
         raise ProtocolError(ErrorCode.unknown_utterance, f"no queued or playing utterance {uid!r}", uid)
+
+    def drop_sender(self, owner: str, reason: str = "disconnect") -> None:
+        """The sender left: its queued utterances go (`interrupted`), and what it is saying now
+        plays to its end; an open one ends with the text it has (no append can come)."""
+        for utt in [u for u in self.queue if u.owner == owner]:
+            self._cut(utt, reason)
+        cur = self.current
+        if cur is not None and cur.owner == owner and not cur.final:
+            cur.final = True
+            self._open.pop(cur.id, None)
+            cur.more.set()
 
     def configure(self, cmd: Configure) -> None:
         voice = None
