@@ -52,7 +52,7 @@ class Agent:
 
     def interrupt(self, room: Room, body: dict) -> None:
         cmd = parse_command({"type": "interrupt", **body}, max_text_chars=self.settings.max_text_chars)
-        room.speaker.interrupt(cmd.id)
+        room.speaker.interrupt(cmd.id, sender=cmd.from_)
 
     async def close(self) -> None:
         self.rooms.draining = True

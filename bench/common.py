@@ -112,8 +112,9 @@ class ServerProcess:
 BENCH_VOICE = "espeak:en-us"  # the engine the Pipecat peer wraps too, so only the framework differs
 
 
-def our_agent(cpus: str | None = None, voice: str = BENCH_VOICE) -> ServerProcess:
-    return ServerProcess(["-m", "agent", "serve", "--log-level", "WARNING", "--voice", voice],
+def our_agent(cpus: str | None = None, voice: str | None = BENCH_VOICE) -> ServerProcess:
+    """`voice=None`: the agent's own default (the best installed English voice)."""
+    return ServerProcess(["-m", "agent", "serve", "--log-level", "WARNING"] + (["--voice", voice] if voice else []),
                          name="tts-agent", cpus=cpus)
 
 

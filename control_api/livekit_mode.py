@@ -153,7 +153,8 @@ def livekit_router(settings: Settings, agent_name: str = DEFAULT_AGENT_NAME) -> 
     @router.post("/v1/rooms/{room}/interrupt", status_code=202, response_model=Accepted,
                  response_model_exclude_none=True, dependencies=[Depends(require_admin)])
     async def interrupt(room: str, body: InterruptBody | None = None) -> Accepted:
-        data = {} if body is None else body.model_dump(exclude_none=True, exclude={"type"}) | dict(body.model_extra or {})
+        data = {} if body is None else (body.model_dump(exclude_none=True, exclude={"type"}, by_alias=True)
+                                        | dict(body.model_extra or {}))
         message = {"type": "interrupt", **data}
         parse_command(message, max_text_chars=settings.max_text_chars)
         await existing_room(room)

@@ -103,7 +103,8 @@ class SpeakBody(Synthesize):
 
 
 class InterruptBody(Interrupt):
-    """The body of an `interrupt` message: with `id` that utterance, without it everything."""
+    """The body of an `interrupt` message: with `id` that utterance, with `from` every utterance of
+    that sender (a banned chat user), with neither everything."""
 
 
 class SynthesizeRequest(BaseModel):

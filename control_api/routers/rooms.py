@@ -66,9 +66,10 @@ async def speak(room: str, body: SpeakBody, agent: Agent = Depends(get_agent),
 )
 async def interrupt(room: str, body: InterruptBody | None = Body(None), agent: Agent = Depends(get_agent)) -> Accepted:
     """The `interrupt` message over HTTP: with `id` that utterance (404 `unknown_utterance` if it is
-    neither queued nor playing), without it what is playing and the whole queue."""
+    neither queued nor playing), with `from` every utterance of that sender, without either what
+    is playing and the whole queue."""
     target = _room(agent, room)
-    data = {} if body is None else body.model_dump(exclude_none=True, exclude={"type"})
+    data = {} if body is None else body.model_dump(exclude_none=True, exclude={"type"}, by_alias=True)
     agent.interrupt(target, data)
     log.info("interrupt over HTTP", extra={"room": room, "utterance": data.get("id")})
     return Accepted(id=data.get("id") or "*", room=room, status="interrupted")
