@@ -123,6 +123,9 @@ async def ramp(server: ServerProcess, steps: list[int], warmup_s: float, window_
     ear = None  # the Chromium listener, in the first room
     # no keep-alive: a connection the loaded server closed between steps made httpx fail a WHEP POST
     limits = httpx.Limits(max_connections=16, max_keepalive_connections=0)
+    meter.mark()
+    await asyncio.sleep(min(window_s, 3.0))  # the server with no rooms: its own cost is not a room's
+    empty_cpu = meter.cpu_percent()
     async with httpx.AsyncClient(base_url=server.base_url, timeout=60, limits=limits) as http:
         try:
             for rooms in steps:
@@ -162,7 +165,7 @@ async def ramp(server: ServerProcess, steps: list[int], warmup_s: float, window_
                 if agent_counters:
                     step["agent"] = _agent_window(before, after, rooms, elapsed)
                 step["listener"] = _concealment(heard_before, heard_after, ear)
-                step["cost"] = room_cost(cpu, rooms, encode_floor_us)
+                step["cost"] = room_cost(cpu, rooms, encode_floor_us, empty_cpu)
                 step["failure"] = step_failure(step)
                 results.append(step)
                 prev_rss, prev_rooms = rss, rooms
@@ -207,11 +210,13 @@ def _concealment(before: dict | None, after: dict | None, ear) -> dict | None:
             "concealed_share": round(concealed / total, 6) if total else None}
 
 
-def room_cost(server_cpu_pct: float, rooms: int, encode_floor_us: float | None) -> dict:
-    """CPU per speaking room (% of one core) against Opus encoding alone (50 frames a second
-    at the agent's encoder settings): how close the whole path is to its floor."""
-    per_room = server_cpu_pct / rooms
-    out = {"cpu_pct_per_room": round(per_room, 4), "us_per_frame": round(per_room / 100 / 50 * 1e6, 1)}
+def room_cost(server_cpu_pct: float, rooms: int, encode_floor_us: float | None, empty_cpu_pct: float = 0.0) -> dict:
+    """CPU per speaking room (% of one core, over what the server with no rooms takes) against
+    Opus encoding alone (50 frames a second at the agent's encoder settings): how close the
+    whole path is to its floor."""
+    per_room = max(server_cpu_pct - empty_cpu_pct, 0.0) / rooms
+    out = {"cpu_pct_per_room": round(per_room, 4), "us_per_frame": round(per_room / 100 / 50 * 1e6, 1),
+           "empty_server_cpu_pct": round(empty_cpu_pct, 2)}
     if encode_floor_us:
         floor_pct = encode_floor_us * 50 / 1e6 * 100
         out.update(opus_floor_pct_per_room=round(floor_pct, 4), opus_floor_us_per_frame=round(encode_floor_us, 1),

@@ -76,3 +76,4 @@ def test_room_cost_against_the_opus_floor():
     assert cost["cpu_pct_per_room"] == 0.5 and cost["us_per_frame"] == 100.0
     assert cost["opus_floor_pct_per_room"] == 0.1 and cost["ratio_to_floor"] == 5.0
     assert "ratio_to_floor" not in room_cost(50.0, 100, None)
+    assert room_cost(server_cpu_pct=52.0, rooms=100, encode_floor_us=20.0, empty_cpu_pct=2.0)["ratio_to_floor"] == 5.0
