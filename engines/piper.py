@@ -286,9 +286,11 @@ class PiperEngine:
                     yield chunk
         finally:
             cancelled.set()
-            # not started yet: never runs; running: its result is dropped, and the generator
-            # stops at its next window (it checks `cancelled`)
-            if pending is None or pending.done() or pending.cancel():
+            if pending is not None and not pending.done():
+                # not started yet: never runs; running: its result is dropped, and the generator
+                # stops at its next window (it checks `cancelled`) and is freed with this frame
+                pending.cancel()
+            else:
                 chunks.close()  # nothing runs it now: free its latents at once
 
     # -- worker threads --------------------------------------------------------------------
