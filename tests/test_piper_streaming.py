@@ -195,3 +195,55 @@ async def test_word_captions_from_durations_each_in_the_tick_of_its_first_frame(
     last_caption = max(i for i, (_, e) in enumerate(stage.events) if e["type"] == "caption")
     assert last_caption < next(i for i, (_, e) in enumerate(stage.events) if e["type"] == "finished")
     assert captions[-1][0] <= finished
+
+
+async def _play(stage, until, max_ticks: int = 20_000) -> None:
+    """Tick the stage, waiting on the real worker threads for each slot's frame, until `until()`."""
+    speaker = stage.speaker
+    for _ in range(max_ticks):
+        if until():
+            return
+        utt = speaker.current
+        while utt is not None and utt.buffer.available < FRAME_SAMPLES and not utt.synth_done \
+                and speaker.current is utt:
+            await asyncio.sleep(0.005)
+        stage.tick()
+    raise AssertionError("condition never met")
+
+
+async def test_interrupt_in_a_long_sentence_frees_the_worker_within_one_window(isolated_home):
+    engine = PiperEngine([], workers=1)  # one worker: the next utterance needs the old one's thread
+    try:
+        voice = next(v for v in engine.voices() if v.id == JOE)
+        await engine.warm(voice)
+        model = engine._models[JOE]
+        runs: list[int] = []  # id of the latent each decoded window belongs to
+        original = model.split.decode
+
+        def spying(latent, **kw):  # a spy on the real windowed decoding
+            for audio in original(latent, **kw):
+                runs.append(id(latent))
+                yield audio
+
+        model.split.decode = spying
+        stage = Stage(engine=engine)
+        stage.speaker.voice = voice
+        long_text = " ".join(["and the long sentence goes on without any stop"] * 12)
+        stage.send({"type": "synthesize", "id": "long", "text": long_text})
+        await _play(stage, lambda: len(stage.frames) >= 10)
+        old = runs[0]
+        windows_before = runs.count(old)
+        stage.send({"type": "interrupt"})
+        fade_tick = stage.tick_no + 1
+        stage.send({"type": "synthesize", "id": "next", "text": "Next one."})
+        await _play(stage, lambda: stage.speaker.idle)
+        assert stage.of("interrupted", id="long") and stage.of("finished", id="next")
+        # at most the window in flight ran for the old sentence after the interrupt
+        assert runs.count(old) <= windows_before + 1
+        assert runs[-1] != old and len(set(runs)) >= 2  # the worker went on to the next one
+        # after the faded frame only the next utterance's audio: its frames, nothing else
+        after = [t for t, _ in stage.frames if t >= fade_tick]
+        next_ms = stage.of("finished", id="next")[0]["audio_ms"]
+        assert len(after) == 1 + -(-next_ms // 20)
+    finally:
+        engine.close()
