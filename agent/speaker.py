@@ -19,7 +19,7 @@ import numpy as np
 
 from engines.base import EngineError, Voice
 from engines.registry import UnknownVoice, VoiceRegistry
-from engines.text import complete_prefix
+from engines.text import speakable_prefix
 
 from . import metrics
 from .audio import FRAME_SAMPLES, SAMPLE_RATE, PcmBuffer, Resampler, fade_out
@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 AHEAD_SAMPLES = SAMPLE_RATE * 3 // 2  # synthesis runs at most 1.5 s ahead of playout
 RECENT_IDS = 4096  # ids remembered for duplicate detection
 SYNTH_STALL_S = 10.0  # no audio from the engine for this long: engine_error
+SLOW_STREAM_S = 0.3  # an open utterance with no new text for this long speaks its whole words
 
 
 GAIN_STEP_DB = 3.0  # per 20 ms frame: a 12 dB duck takes 80 ms each way
@@ -329,19 +330,26 @@ class Speaker:
             yield utt.text
             return
         done = 0
+        slow = False
         while True:
             if utt.final:
                 rest = utt.text[done:]
                 if rest.strip():
                     yield rest
                 return
-            complete, _ = complete_prefix(utt.text[done:])
-            if complete.strip():
-                done += len(complete)
-                yield complete
+            # a sentence, or a clause that stands alone; whole words once the stream is slow
+            ready, _ = speakable_prefix(utt.text[done:], slow=slow)
+            if ready.strip():
+                done += len(ready)
+                slow = False
+                yield ready
                 continue
             utt.more.clear()
-            await utt.more.wait()
+            try:
+                async with asyncio.timeout(SLOW_STREAM_S):
+                    await utt.more.wait()
+            except TimeoutError:
+                slow = True
 
     async def _produce(self, utt: Utterance) -> None:
         engine = self.voices.engine_for(utt.voice)
