@@ -134,14 +134,16 @@ class _Model:
 
 class PiperEngine:
     name = "piper"
+    STREAMING_DEFAULT = True  # bench.piper_agent turns it off to measure whole pieces
 
     def __init__(self, voices_dirs: list[Path] | None = None, *, include_packages: bool = True,
-                 workers: int | None = None, session_threads: int = 1, streaming: bool = True):
+                 workers: int | None = None, session_threads: int = 1, streaming: bool | None = None):
         """`voices_dirs`: extra folders; the user data dir and $TTS_AGENT_VOICES_DIR are
         always searched. `session_threads`: onnxruntime intra-op threads per model (see
         `_load`). `workers`: concurrent jobs, default one per core. `streaming`: split graphs
-        and stream within a sentence (False: whole pieces, as before; for comparisons)."""
-        self.streaming = streaming
+        and stream within a sentence (False: whole pieces, as before; for comparisons; it can
+        be changed at any time). Default: `STREAMING_DEFAULT`."""
+        self.streaming = self.STREAMING_DEFAULT if streaming is None else streaming
         self._reason: str | None = None
         self._voices: list[Voice] = []
         self._models: dict[str, _Model] = {}  # voice id -> model
@@ -335,7 +337,7 @@ class PiperEngine:
             options = self._session_options()
             config = PiperConfig.from_dict(model.config)
             try:
-                if self.streaming:
+                if self.streaming:  # a whole-piece engine never splits (nor pays the probe)
                     model.split = self._split(model, config, options)
                 session = None
                 if model.split is None:
@@ -405,7 +407,7 @@ class PiperEngine:
             if cancelled.is_set():
                 return
             sentence = Mark("sentence", piece, 0)
-            if model.split is None:
+            if model.split is None or not self.streaming:
                 pcm = self._synthesize(model, piece, speaker_id, speed, cancelled)
                 yield out.chunk(pcm, [(out.native_done, sentence)], trim=index == 0)
                 continue
@@ -464,6 +466,13 @@ class PiperEngine:
         from piper import SynthesisConfig
 
         voice = self._load(model)
+        if voice.session is None:  # a streaming voice asked for whole pieces (comparisons)
+            with model.lock:
+                if voice.session is None:
+                    import onnxruntime
+
+                    voice.session = onnxruntime.InferenceSession(str(model.onnx), sess_options=self._session_options(),
+                                                                 providers=["CPUExecutionProvider"])
         length_scale = float((model.config.get("inference") or {}).get("length_scale", 1.0)) / max(speed, 0.1)
         config = SynthesisConfig(speaker_id=speaker_id, length_scale=length_scale)
         try:
