@@ -50,6 +50,25 @@ SILENCE_LEVEL = 300  # int16: below this an utterance has not started yet (about
 ONSET_MARGIN_S = 0.005  # kept before the first audible sample so the onset is not clipped
 
 
+MAX_PHONEMES = 300  # per run of the phoneme part: its memory grows with the square of this
+FIRST_PHONEMES = 80  # an utterance's first run: about 40 characters of English
+
+
+def bounded_phonemes(phonemes: list[str], limit: int = MAX_PHONEMES) -> list[list[str]]:
+    """`phonemes` in runs of at most `limit`, cut at the last word boundary (space) that fits,
+    else anywhere: the phoneme part's attention and memory stay bounded per run."""
+    out: list[list[str]] = []
+    while len(phonemes) > limit:
+        cut = max((i for i in range(limit // 2, limit) if phonemes[i] == " "), default=limit)
+        out.append(phonemes[:cut])
+        phonemes = phonemes[cut:]
+        while phonemes and phonemes[0] == " ":
+            phonemes = phonemes[1:]
+    if phonemes:
+        out.append(phonemes)
+    return out
+
+
 def _to_int16(audio: np.ndarray) -> np.ndarray:
     return (np.clip(audio, -1.0, 1.0) * 32767).astype(np.int16)
 
@@ -70,6 +89,12 @@ class _Output:
 
             self.resampler = soxr.ResampleStream(native, rate, 1, dtype="int16")
         self.emitted = 0  # output samples handed out
+
+    def skip(self, samples: int) -> None:
+        """`samples` of leading silence the model was not even asked for."""
+        assert not self.started
+        self.native_done += samples
+        self.trimmed += samples
 
     def chunk(self, pcm: np.ndarray, marks: list[tuple[int, Mark]], *, trim: bool = False) -> AudioChunk:
         self.native_done += len(pcm)
@@ -429,7 +454,14 @@ class PiperEngine:
         split = model.split
         scales = self._scales(model, speed)
         id_map = voice.config.phoneme_id_map
-        sentences = [p for p in voice.phonemize(piece) if p]  # eSpeak may find several in a piece
+        # eSpeak may find several sentences in a piece; each is bounded in phonemes, whatever
+        # the text made of it ("直播" read by an English voice is ~15 phonemes a character)
+        sentences = [part for p in voice.phonemize(piece) if p for part in bounded_phonemes(p)]
+        if first and sentences and len(sentences[0]) > FIRST_PHONEMES:
+            # first audio waits for the phoneme part of the first run: keep that run short
+            # even where the text splitter could not ("x" * 5000 is spelt out letter by letter)
+            head, *rest = bounded_phonemes(sentences[0], FIRST_PHONEMES)
+            sentences[0:1] = [head] + bounded_phonemes([p for r in rest for p in r + [" "]][:-1])
         counts = [len(phoneme_words(p, id_map, np.zeros(1, np.int64))) for p in sentences]
         words = share(text_words(piece), counts)
         marks: list[tuple[int, Mark]] = [(out.native_done, sentence)]
@@ -444,9 +476,14 @@ class PiperEngine:
                 spoken = phoneme_words(phonemes, id_map, latent.durations)
                 marks += [(base + frame * split.hop, Mark("word", word, 0))
                           for frame, word in align(sentence_words, spoken)]
-            # the first window counts from the end of the leading pause (the ^ and _ ids' frames)
-            lead = int(latent.durations[:2].sum()) if latent.durations is not None else 0
-            for audio in split.decode(latent, first=FIRST_WINDOW + lead if first else None, cancelled=cancelled):
+            # an utterance's leading pause (the ^ and _ ids' frames) is not even decoded, but
+            # for one frame the onset margin comes from
+            skip = 0
+            if first and not out.started and latent.durations is not None:
+                skip = max(0, int(latent.durations[:2].sum()) - 1)
+                out.skip(skip * split.hop)
+            for audio in split.decode(latent, first=FIRST_WINDOW if first else None, skip=skip,
+                                      cancelled=cancelled):
                 if cancelled.is_set():
                     return
                 pcm = _to_int16(audio * model.gain)

@@ -40,7 +40,8 @@ UPSAMPLING_OPS = frozenset({"ConvTranspose"})  # a decoder is there: frames beco
 
 DECODER_CONTEXT = 8  # frames of context either side of a decoder window (stitching error ~0.3 %)
 FLOW_CONTEXT = 24  # the flow sees further (4 couplings of 4 kernel-5 layers: 32 at most)
-FIRST_WINDOW = 10  # frames (256 samples each) in an utterance's first window: first audio early
+FIRST_WINDOW = 14  # frames (256 samples each, 160 ms) in an utterance's first window: first audio
+# early, yet long enough that the second window is made before the first has played
 WINDOW_GROWTH = 4  # each later window this many times the previous one (compute stays ahead) ...
 MAX_WINDOW = 256  # ... up to this: a window's context then costs 16 / 256 frames extra
 FLOW_STEP = 256  # after the first window, the flow runs on this many frames at once
@@ -330,28 +331,37 @@ class SplitVits:
         return self.decoder.run({**latent.feeds, self.dec_input: z})[0].reshape(-1)
 
     def decode(self, latent: Latent, *, first: int | None = FIRST_WINDOW, growth: int = WINDOW_GROWTH,
-               largest: int = MAX_WINDOW, flow_step: int = FLOW_STEP, cancelled=None) -> Iterator[np.ndarray]:
-        """The piece's audio window by window. `first`: frames in the first window (None:
-        start with the largest, when audio is already buffered ahead). The flow runs on a
-        small window first, then `flow_step` frames at a time; each decoder window takes its
-        flow output with DECODER_CONTEXT frames either side."""
+               largest: int = MAX_WINDOW, flow_step: int = FLOW_STEP, skip: int = 0,
+               cancelled=None) -> Iterator[np.ndarray]:
+        """The piece's audio window by window, from frame `skip` (frames before it are not
+        made: the leading pause of an utterance). `first`: frames in the first window (None:
+        start with the largest, when audio is already buffered ahead). The flow runs just
+        ahead of the first windows (so the second window is ready before the first has
+        played), then `flow_step` frames at a time; each decoder window takes its flow
+        output with DECODER_CONTEXT frames either side."""
         total = latent.frames
-        z_parts: list[np.ndarray] = []
-        z = None
-        z_done = 0  # flow output is exact for frames [0, z_done)
-        for start, end in windows(total, first or largest, growth, largest):
+        skip = max(0, min(skip, total - 1))
+        z = None  # flow output, exact on frames [z_from, z_done); the frame axis spans the piece
+        z_from = z_done = max(0, skip - DECODER_CONTEXT)
+        early = 2 if first else 0  # windows whose flow runs only as far as they need
+        for start, end in windows(total, first or largest, growth, largest, start=skip):
             if cancelled is not None and cancelled.is_set():
                 return
             need = min(total, end + DECODER_CONTEXT)
             if need > z_done:
-                hi = need if (first and z_done == 0) else min(total, max(need, z_done + flow_step))
+                hi = need if early > 0 else min(total, max(need, z_done + flow_step))
                 lo = max(0, z_done - FLOW_CONTEXT)
                 out = self._run_flow(latent.feeds, lo, min(total, hi + FLOW_CONTEXT))
-                z_parts.append(_take(out, self.z_axis, z_done - lo, hi - lo))
-                z = np.concatenate(z_parts, axis=self.z_axis) if len(z_parts) > 1 else z_parts[0]
-                z_parts = [z]
+                if z is None:
+                    shape = list(out.shape)
+                    shape[self.z_axis] = total
+                    z = np.zeros(shape, out.dtype)
+                index = [slice(None)] * z.ndim
+                index[self.z_axis] = slice(z_done, hi)
+                z[tuple(index)] = _take(out, self.z_axis, z_done - lo, hi - lo)
                 z_done = hi
-            lo = max(0, start - DECODER_CONTEXT)
+            early -= 1
+            lo = max(z_from, start - DECODER_CONTEXT)
             feeds = {**latent.feeds, self.dec_input: z}
             audio = self.decoder.run(feeds, lo, need)[0].reshape(-1)
             yield audio[(start - lo) * self.hop: (end - lo) * self.hop]
@@ -366,10 +376,10 @@ def stitch_error(whole: np.ndarray, stitched: np.ndarray) -> float:
 
 
 def windows(frames: int, first: int = FIRST_WINDOW, growth: int = WINDOW_GROWTH,
-            largest: int = MAX_WINDOW) -> Iterator[tuple[int, int]]:
-    """[start, end) frame windows covering `frames`; a last sliver is merged into its window
-    (a tiny window would cost its full context for little audio)."""
-    start, size = 0, first
+            largest: int = MAX_WINDOW, start: int = 0) -> Iterator[tuple[int, int]]:
+    """[start, end) frame windows covering frames [start, frames); a last sliver is merged
+    into its window (a tiny window would cost its full context for little audio)."""
+    size = first
     while start < frames:
         end = min(frames, start + size)
         if frames - end < size // 2:
