@@ -247,3 +247,40 @@ async def test_interrupt_in_a_long_sentence_frees_the_worker_within_one_window(i
         assert len(after) == 1 + -(-next_ms // 20)
     finally:
         engine.close()
+
+
+async def test_rooms_take_turns_on_the_synthesis_threads(isolated_home):
+    """Two long messages on one worker: windows alternate between them (each stream keeps at
+    most one job in the pool's first-come-first-served queue), so one room cannot starve
+    another however long its text."""
+    folder = isolated_home / "voices"
+    write_tiny_vits_voice(folder)
+    engine = PiperEngine([folder], include_packages=False, workers=1)
+    try:
+        voice = engine.voices()[0]
+        await engine.warm(voice)
+        order: list[str] = []
+        original = engine._stream_piece
+
+        streams: dict[int, str] = {}  # the stream's output object -> the word it started with
+
+        def spying(model, voice_, piece, speaker_id, speed, out, *args, **kwargs):  # a spy on the real method
+            name = streams.setdefault(id(out), piece.split()[0])
+            for chunk in original(model, voice_, piece, speaker_id, speed, out, *args, **kwargs):
+                order.append(name)
+                yield chunk
+
+        engine._stream_piece = spying
+
+        async def consume(word: str) -> None:
+            text = " ".join([f"{word} is a room that talks and talks without end"] * 40)
+            async for _ in engine.stream(text, voice):
+                pass
+
+        await asyncio.gather(consume("alpha"), consume("beta"))
+        both = order[: max(i for i, w in enumerate(order) if w != order[-1]) + 1]  # while both ran
+        assert {"alpha", "beta"} <= set(both) and len(both) > 10
+        runs = "".join("a" if w == "alpha" else "b" for w in both)
+        assert max(len(r) for r in runs.replace("ab", "a b").replace("ba", "b a").split()) <= 2, runs
+    finally:
+        engine.close()
