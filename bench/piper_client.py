@@ -4,7 +4,8 @@ utterance each in turn, so both see the same machine load).
 
 - TTFA: `synthesize` sent by a real aiortc client → first RTP packet whose decoded audio is
   speech, by sentence length (short, medium, long, very long without commas); each text is
-  new (no cache answers). An utterance is interrupted once 400 ms of it has arrived.
+  new (no cache answers). An utterance is interrupted once 400 ms of it has arrived, and the
+  next is sent once both agents are idle again.
 - CPU per second of audio: the agent process's CPU over whole utterances played out.
 - A reply streamed at 25 tokens a second (`final: false`, then one `append` per word): first
   token sent → first speech packet, and the largest gap between packets inside the reply.
@@ -79,6 +80,18 @@ async def ttfa_one(client: RoomClient, uid: str, text: str) -> float | None:
     return _first_speech(client, start, sent)
 
 
+async def quiet(meters: list[ProcessMeter], limit_s: float = 5.0) -> None:
+    """Wait until no agent is still busy (an interrupted whole piece runs to its end): the
+    next measurement must not share the cores with the previous one's leftovers."""
+    deadline = time.perf_counter() + limit_s
+    while time.perf_counter() < deadline:
+        for m in meters:
+            m.mark()
+        await asyncio.sleep(0.1)  # a CPU share needs a window to be measured over
+        if all(m.cpu_percent() < 10 for m in meters):
+            return
+
+
 async def play_whole(client: RoomClient, uid: str, text: str) -> float:
     client.send({"type": "synthesize", "id": uid, "text": text})
     finished = await client.wait_event("finished", timeout=120, id=uid)
@@ -112,9 +125,11 @@ async def measure(agents: dict[str, ServerProcess], n: int, replies: int, whole:
         for mode, c in clients.items():  # warm: the voice loads on first use
             await play_whole(c, f"warm-{mode}", "Warming up the voice.")
         ttfa = {(m, k): [] for m in MODES for k in CLASSES}
+        meters = [ProcessMeter(a.pid) for a in agents.values()]
         for i in range(n):
             for kind, template in CLASSES.items():
                 for mode in MODES:
+                    await quiet(meters)
                     value = await ttfa_one(clients[mode], f"t{i}-{kind[:4]}", template.format(i=i))
                     if value is not None:
                         ttfa[(mode, kind)].append(value)
@@ -129,6 +144,7 @@ async def measure(agents: dict[str, ServerProcess], n: int, replies: int, whole:
         reply = {m: ([], []) for m in MODES}
         for i in range(replies):
             for mode in MODES:
+                await quiet(meters)
                 first, gap = await reply_one(clients[mode], f"r{i}", REPLY.format(i=i))
                 if first is not None:
                     reply[mode][0].append(first)
