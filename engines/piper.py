@@ -128,6 +128,13 @@ def default_voices_dir() -> Path:
     return Path(base) / "tts-agent" / "voices"
 
 
+def default_parts_cache() -> Path:
+    """Where the split parts of each voice are kept (the voice's own folder may be read-only,
+    e.g. inside an installed package): the XDG user cache dir."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "tts-agent" / "piper-parts"
+
+
 def _cpu_count() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -162,13 +169,16 @@ class PiperEngine:
     STREAMING_DEFAULT = True  # bench.piper_agent turns it off to measure whole pieces
 
     def __init__(self, voices_dirs: list[Path] | None = None, *, include_packages: bool = True,
-                 workers: int | None = None, session_threads: int = 1, streaming: bool | None = None):
+                 workers: int | None = None, session_threads: int = 1, streaming: bool | None = None,
+                 parts_cache: Path | None = None):
         """`voices_dirs`: extra folders; the user data dir and $TTS_AGENT_VOICES_DIR are
         always searched. `session_threads`: onnxruntime intra-op threads per model (see
-        `_load`). `workers`: concurrent jobs, default one per core. `streaming`: split graphs
-        and stream within a sentence (False: whole pieces, as before; for comparisons; it can
-        be changed at any time). Default: `STREAMING_DEFAULT`."""
+        `_load`). `workers`: concurrent jobs, default one per core. `streaming`: split
+        graphs and stream within a sentence (False: whole pieces, as before, for comparisons;
+        it can be changed at any time; default `STREAMING_DEFAULT`). `parts_cache`: where
+        split graphs are kept between runs (default: the XDG user cache dir)."""
         self.streaming = self.STREAMING_DEFAULT if streaming is None else streaming
+        self.parts_cache = parts_cache or default_parts_cache()
         self._reason: str | None = None
         self._voices: list[Voice] = []
         self._models: dict[str, _Model] = {}  # voice id -> model
@@ -393,7 +403,7 @@ class PiperEngine:
 
         try:
             return SplitVits(str(model.onnx), options, has_speakers=int(model.config.get("num_speakers", 1)) > 1,
-                             probe_ids=[probe(4), probe(24)])
+                             probe_ids=[probe(4), probe(24)], cache_root=self.parts_cache)
         except NotSplittable as exc:
             log.warning("Piper voice %s does not split for streaming (%s): speaking whole pieces",
                         model.onnx.name, exc)

@@ -20,13 +20,20 @@ this raises `NotSplittable` and its caller speaks whole pieces instead.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
 log = logging.getLogger(__name__)
+
 
 # Operators that map a frame window to the same window (given context): what a flow and a
 # HiFi-GAN decoder are made of. MatMul (the phoneme -> frame expansion), Range, CumSum,
@@ -45,7 +52,10 @@ FIRST_WINDOW = 14  # frames (256 samples each, 160 ms) in an utterance's first w
 WINDOW_GROWTH = 4  # each later window this many times the previous one (compute stays ahead) ...
 MAX_WINDOW = 256  # ... up to this: a window's context then costs 16 / 256 frames extra
 FLOW_STEP = 256  # after the first window, the flow runs on this many frames at once
-PROBE_TOLERANCE = 0.01  # windowed vs whole decoding, max |error| / max |whole|
+# windowed vs whole decoding of the probe, max |error| / max |whole|. Looser than the 1 % the
+# tests hold real speech to (0.1-0.3 %): a probe's made-up phonemes give quiet, odd audio, and
+# a wrong cut is off by 50-100 %, so this still tells the two apart.
+PROBE_TOLERANCE = 0.03
 
 
 class NotSplittable(Exception):
@@ -153,11 +163,11 @@ def _typed(infos: dict, name: str):
 class _Part:
     """One onnxruntime session over a slice of the graph; `axes`: each input's frame axis."""
 
-    def __init__(self, model, options, inputs: list[str]):
+    def __init__(self, model_bytes: bytes, options, inputs: list[str]):
         import onnxruntime
 
         try:
-            self.session = onnxruntime.InferenceSession(model.SerializeToString(), sess_options=options,
+            self.session = onnxruntime.InferenceSession(model_bytes, sess_options=options,
                                                         providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime refuses the part: the cut is not what we thought
             raise NotSplittable(f"part does not load: {exc}") from exc
@@ -177,6 +187,95 @@ class _Part:
                 value = np.ascontiguousarray(value[tuple(index)])
             args[name] = value
         return self.session.run(self.outputs, args)
+
+
+def split_graph(model_path: str) -> tuple[dict[str, bytes], dict]:
+    """The graph cut into its parts (serialized ONNX models) and what joins them (module doc)."""
+    import onnx
+
+    model = onnx.load(model_path)
+    graph = model.graph
+    out_name = graph.output[0].name
+    frame_nodes, _ = _time_local_suffix(graph, out_name)
+    dec_input = _decoder_input(frame_nodes)
+    if dec_input is None:
+        raise NotSplittable("no convolutional decoder upsampling frames to samples at the end of the graph")
+    initializers = {i.name for i in graph.initializer}
+    graph_inputs = [i.name for i in graph.input]
+    dec_nodes = _ancestors(graph, frame_nodes, [out_name], {dec_input})
+    flow_nodes = _ancestors(graph, frame_nodes, [dec_input], set())
+    dec_inputs = _external_inputs(dec_nodes, initializers)
+    flow_inputs = _external_inputs(flow_nodes, initializers) if flow_nodes else []
+    if dec_input not in dec_inputs:
+        raise NotSplittable("the decoder does not start where expected")
+    cut_names = sorted(set(flow_inputs) | (set(dec_inputs) - {dec_input}))
+    ceil = [n for n in graph.node if n.op_type == "Ceil"]
+    if len(ceil) != 1:
+        raise NotSplittable("no single rounded duration (Ceil) in the graph: frame count unknown")
+    durations = ceil[0].output[0]
+    phoneme_outputs = [c for c in cut_names if c not in graph_inputs]
+    if durations not in phoneme_outputs:
+        phoneme_outputs.append(durations)
+    phoneme_nodes = _ancestors(graph, list(graph.node), phoneme_outputs, set())
+    used = {i for n in phoneme_nodes for i in n.input}
+    phoneme_inputs = [name for name in graph_inputs if name in used]
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    infos = {v.name: v for v in list(inferred.value_info) + list(inferred.input) + list(inferred.output)}
+    parts = {
+        "phonemes": _subgraph(model, phoneme_nodes, [i for i in graph.input if i.name in used],
+                              [_typed(infos, o) for o in phoneme_outputs], "vits_phonemes"),
+        "decoder": _subgraph(model, dec_nodes, [_typed(infos, i) for i in dec_inputs], [graph.output[0]],
+                             "vits_decoder"),
+    }
+    if flow_nodes:
+        parts["flow"] = _subgraph(model, flow_nodes, [_typed(infos, i) for i in flow_inputs],
+                                  [_typed(infos, dec_input)], "vits_flow")
+    meta = {"dec_input": dec_input, "durations": durations, "cut": cut_names, "graph_inputs": graph_inputs,
+            "inputs": {"phonemes": phoneme_inputs, "flow": flow_inputs, "decoder": dec_inputs}}
+    return {name: part.SerializeToString() for name, part in parts.items()}, meta
+
+
+CACHE_FORMAT = 1  # bump when the parts or their meta change shape
+
+
+def _cache_folder(cache_root: Path, model_path: str) -> Path:
+    """Parts of one model file: keyed by its path, size and modification time."""
+    st = os.stat(model_path)
+    key = hashlib.sha256(f"{CACHE_FORMAT}|{os.path.abspath(model_path)}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return cache_root / f"{Path(model_path).stem}-{key.hexdigest()[:16]}"
+
+
+def cached_split(model_path: str, cache_root: Path | None) -> tuple[dict[str, bytes], dict]:
+    """`split_graph`, read from `cache_root` when done before (splitting takes seconds and
+    imports `onnx`; reading three files takes milliseconds), else done and written there.
+    A cache that cannot be read or written only costs the time."""
+    if cache_root is None:
+        return split_graph(model_path)
+    folder = _cache_folder(cache_root, model_path)
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        parts = {name: (folder / f"{name}.onnx").read_bytes() for name in meta["parts"]}
+        return parts, meta
+    except (OSError, ValueError, KeyError):
+        pass
+    parts, meta = split_graph(model_path)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=".parts-", dir=_mkdir(cache_root)))
+        for name, data in parts.items():
+            (tmp / f"{name}.onnx").write_bytes(data)
+        (tmp / "meta.json").write_text(json.dumps({**meta, "parts": sorted(parts)}))
+        try:
+            tmp.rename(folder)  # atomic: another process never sees half the parts
+        except OSError:  # it lost a race to another process: theirs is as good
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as exc:
+        log.info("Piper parts not cached in %s: %s", cache_root, exc)
+    return parts, meta
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _frame_axis(name: str, a: np.ndarray, b: np.ndarray, frames: tuple[int, int]) -> int | None:
@@ -201,57 +300,20 @@ class SplitVits:
     """A VITS ONNX model as three onnxruntime sessions: phonemes, flow, decoder."""
 
     def __init__(self, model_path: str, session_options, *, has_speakers: bool,
-                 probe_ids: list[list[int]] | None = None):
-        import onnx
-
-        model = onnx.load(model_path)
-        graph = model.graph
-        out_name = graph.output[0].name
-        frame_nodes, cut = _time_local_suffix(graph, out_name)
-        dec_input = _decoder_input(frame_nodes)
-        if dec_input is None:
-            raise NotSplittable("no convolutional decoder upsampling frames to samples at the end of the graph")
-        initializers = {i.name for i in graph.initializer}
-        graph_inputs = {i.name for i in graph.input}
-        dec_nodes = _ancestors(graph, frame_nodes, [out_name], {dec_input})
-        flow_nodes = _ancestors(graph, frame_nodes, [dec_input], set())
-        dec_inputs = _external_inputs(dec_nodes, initializers)
-        flow_inputs = _external_inputs(flow_nodes, initializers) if flow_nodes else []
-        if dec_input not in dec_inputs:
-            raise NotSplittable("the decoder does not start where expected")
-        cut_names = sorted(set(flow_inputs) | (set(dec_inputs) - {dec_input}))
-        ceil = [n for n in graph.node if n.op_type == "Ceil"]
-        self.durations_name = ceil[0].output[0] if len(ceil) == 1 else None
-        phoneme_outputs = [c for c in cut_names if c not in graph_inputs]
-        if self.durations_name is not None and self.durations_name not in phoneme_outputs:
-            phoneme_outputs.append(self.durations_name)
-        phoneme_nodes = _ancestors(graph, list(graph.node), phoneme_outputs, set())
-        used = {i for n in phoneme_nodes for i in n.input}
-        infos = self._value_infos(model)
-        phonemes = _subgraph(model, phoneme_nodes, [i for i in graph.input if i.name in used],
-                             [_typed(infos, o) for o in phoneme_outputs], "vits_phonemes")
-        self.phonemes = _Part(phonemes, session_options, [i.name for i in graph.input if i.name in used])
-        self.flow: _Part | None = None
-        if flow_nodes:
-            flow = _subgraph(model, flow_nodes, [_typed(infos, i) for i in flow_inputs], [_typed(infos, dec_input)],
-                             "vits_flow")
-            self.flow = _Part(flow, session_options, flow_inputs)
-        decoder = _subgraph(model, dec_nodes, [_typed(infos, i) for i in dec_inputs], [graph.output[0]], "vits_decoder")
-        self.decoder = _Part(decoder, session_options, dec_inputs)
-        del model, infos
-        self.dec_input = dec_input
+                 probe_ids: list[list[int]] | None = None, cache_root: Path | None = None):
+        parts, meta = cached_split(model_path, cache_root)
+        inputs = meta["inputs"]
+        self.phonemes = _Part(parts["phonemes"], session_options, inputs["phonemes"])
+        self.flow = _Part(parts["flow"], session_options, inputs["flow"]) if "flow" in parts else None
+        self.decoder = _Part(parts["decoder"], session_options, inputs["decoder"])
+        del parts
+        self.dec_input = meta["dec_input"]
+        self.durations_name = meta["durations"]
         self.has_speakers = has_speakers
-        self._graph_inputs = graph_inputs
-        self._cut_names = cut_names
+        self._graph_inputs = set(meta["graph_inputs"])
+        self._cut_names = meta["cut"]
         self.hop = 0
         self._probe(probe_ids or [[1, 0, 5, 0, 6, 0, 7, 0, 2], [1, 0] + [8, 0, 9, 0] * 12 + [2]])
-
-    @staticmethod
-    def _value_infos(model) -> dict:
-        import onnx
-
-        g = onnx.shape_inference.infer_shapes(model).graph
-        return {v.name: v for v in list(g.value_info) + list(g.input) + list(g.output)}
 
     # -- load-time checks ------------------------------------------------------------------
 
@@ -260,8 +322,6 @@ class SplitVits:
         zero_noise = np.array([0.0, 1.0, 0.0], np.float32)
         raws = [self._run_phonemes(ids, zero_noise, 0) for ids in probes]
         frames: list[int] = []
-        if self.durations_name is None:
-            raise NotSplittable("no rounded durations (Ceil) in the graph: frame count unknown")
         for raw in raws:
             frames.append(int(np.rint(raw[self.durations_name].sum())))
         if frames[0] == frames[1] or min(frames) < 1:
@@ -286,7 +346,7 @@ class SplitVits:
         self.hop = hops.pop()
         latent = self._latent(raws[1])
         whole = audios[1]
-        stitched = np.concatenate(list(self.decode(latent, first=3, growth=1, largest=5, flow_step=7)))
+        stitched = np.concatenate(list(self.decode(latent, first=7, growth=2, largest=16, flow_step=16)))
         err = stitch_error(whole, stitched)
         if err > PROBE_TOLERANCE:
             raise NotSplittable(f"windows do not stitch: error {err:.3%}")

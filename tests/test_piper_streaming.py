@@ -40,6 +40,7 @@ def joe():
 @pytest.fixture
 def isolated_home(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))  # split parts of test voices
     monkeypatch.delenv("TTS_AGENT_VOICES_DIR", raising=False)
     return tmp_path
 
@@ -211,7 +212,7 @@ async def _play(stage, until, max_ticks: int = 20_000) -> None:
     raise AssertionError("condition never met")
 
 
-async def test_interrupt_in_a_long_sentence_frees_the_worker_within_one_window(isolated_home):
+async def test_interrupt_in_a_long_sentence_frees_the_worker_within_one_window():
     engine = PiperEngine([], workers=1)  # one worker: the next utterance needs the old one's thread
     try:
         voice = next(v for v in engine.voices() if v.id == JOE)
@@ -284,3 +285,24 @@ async def test_rooms_take_turns_on_the_synthesis_threads(isolated_home):
         assert max(len(r) for r in runs.replace("ab", "a b").replace("ba", "b a").split()) <= 2, runs
     finally:
         engine.close()
+
+
+def test_split_parts_are_cached_and_reused(tmp_path, monkeypatch):
+    """The second load reads the parts from the cache instead of cutting the graph again."""
+    import onnxruntime
+
+    import engines.vits_stream as vs
+
+    path = write_tiny_vits_voice(tmp_path / "voice")
+    cache = tmp_path / "cache"
+    first = SplitVits(str(path), onnxruntime.SessionOptions(), has_speakers=True, cache_root=cache)
+    (folder,) = cache.iterdir()
+    assert sorted(p.name for p in folder.iterdir()) == ["decoder.onnx", "flow.onnx", "meta.json", "phonemes.onnx"]
+
+    def no_split(model_path):
+        raise AssertionError("the graph was split again")
+
+    monkeypatch.setattr(vs, "split_graph", no_split)
+    second = SplitVits(str(path), onnxruntime.SessionOptions(), has_speakers=True, cache_root=cache)
+    latent = second.encode([1, 0, 5, 0, 9, 0, 2], NO_NOISE, 1)
+    assert np.array_equal(first.decode_whole(latent), second.decode_whole(latent))
