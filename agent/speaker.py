@@ -43,7 +43,12 @@ log = logging.getLogger(__name__)
 AHEAD_SAMPLES = SAMPLE_RATE * 3 // 2  # synthesis runs at most 1.5 s ahead of playout
 RECENT_IDS = 4096  # ids remembered for duplicate detection
 SYNTH_STALL_S = 10.0  # no audio from the engine for this long: engine_error
-SLOW_STREAM_S = 0.3  # an open utterance with no new text for this long speaks its whole words
+# Open (final=false) utterances: below this much queued audio a clause is spoken without
+# waiting for its sentence's end; when the text has also not grown for SLOW_STREAM_S, the
+# whole words so far are. Checked every TEXT_POLL_S while text is pending.
+LOW_WATER_SAMPLES = SAMPLE_RATE * 4 // 5
+SLOW_STREAM_S = 0.25
+TEXT_POLL_S = 0.05
 
 
 GAIN_STEP_DB = 3.0  # per 20 ms frame: a 12 dB duck takes 80 ms each way
@@ -324,32 +329,41 @@ class Speaker:
     # -- synthesis -----------------------------------------------------------------------
 
     async def _texts(self, utt: Utterance):
-        """The text to synthesize, in pieces: all of it at once, or sentence by sentence
-        as an open (final=false) utterance grows."""
+        """The text to synthesize, in pieces: all of it at once, or as an open (final=false)
+        utterance grows: whole sentences while audio is queued (their prosody intact); once
+        less than LOW_WATER_SAMPLES is left, a clause that stands alone; and once the text has
+        also stopped growing for SLOW_STREAM_S, the whole words there are, so the track does
+        not stall while text is already there."""
         if utt.final:
             yield utt.text
             return
         done = 0
-        slow = False
+        grew = time.monotonic()  # when text last arrived
+        seen = len(utt.text)
         while True:
             if utt.final:
                 rest = utt.text[done:]
                 if rest.strip():
                     yield rest
                 return
-            # a sentence, or a clause that stands alone; whole words once the stream is slow
-            ready, _ = speakable_prefix(utt.text[done:], slow=slow)
+            if len(utt.text) != seen:
+                seen, grew = len(utt.text), time.monotonic()
+            low = utt.buffer.available < LOW_WATER_SAMPLES
+            slow = low and time.monotonic() - grew >= SLOW_STREAM_S
+            ready, rest = speakable_prefix(utt.text[done:], clauses=low, words=slow)
             if ready.strip():
                 done += len(ready)
-                slow = False
                 yield ready
                 continue
             utt.more.clear()
-            try:
-                async with asyncio.timeout(SLOW_STREAM_S):
+            if not rest.strip():  # nothing pending: only new text can change anything
+                await utt.more.wait()
+                continue
+            try:  # text pending: look again as the queued audio drains
+                async with asyncio.timeout(TEXT_POLL_S):
                     await utt.more.wait()
             except TimeoutError:
-                slow = True
+                pass
 
     async def _produce(self, utt: Utterance) -> None:
         engine = self.voices.engine_for(utt.voice)

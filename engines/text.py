@@ -165,22 +165,21 @@ _CLAUSE_END = re.compile(r"[,:;，、：；—]\s+|[，、：；]")
 MIN_CLAUSE_WORDS = 3  # a clause shorter than this ("Well,") waits for more: it would sound clipped
 
 
-def speakable_prefix(text: str, *, slow: bool = False) -> tuple[str, str]:
+def speakable_prefix(text: str, *, clauses: bool = True, words: bool = False) -> tuple[str, str]:
     """(what can be spoken now, the rest) of a growing text (an LLM token stream).
 
-    Complete sentences first; else the text up to its last clause mark, once that head holds
-    a few words (a clause stands alone well enough); else, when the stream is `slow` (no new
-    text for a while), the whole words so far, so the track does not stall while text is
-    already there."""
+    Complete sentences first; else, with `clauses`, the text up to its last clause mark once
+    that head holds a few words (a clause stands alone well enough); else, with `words` (the
+    stream is slow and the track about to run dry), the whole words so far."""
     complete, rest = complete_prefix(text)
     if complete.strip():
         return complete, rest
-    ends = [m.end() for m in _CLAUSE_END.finditer(text)]
-    for end in reversed(ends):
-        head = text[:end]
-        if len(head.split()) >= MIN_CLAUSE_WORDS or any(_is_cjk(ch) for ch in head):
-            return head, text[end:]
-    if slow:
+    if clauses:
+        for m in reversed(list(_CLAUSE_END.finditer(text))):
+            head = text[: m.end()]
+            if len(head.split()) >= MIN_CLAUSE_WORDS or any(_is_cjk(ch) for ch in head):
+                return head, text[m.end():]
+    if words:
         space = max(text.rfind(" "), text.rfind("\n"))
         if space > 0 and text[:space].strip():
             return text[: space + 1], text[space + 1:]
