@@ -473,6 +473,7 @@ class LiveKitTransport:
             room = session.room
             if room is None or room.closed:
                 return
+            room.speaker.drop_sender(participant.identity)  # its queued lines do not outlive it
             room.peers.get(PEER_ID, {})["participants"] = len(session.participants)
             if not session.participants:
                 # everyone left: the core room's grace period decides when the agent leaves
