@@ -13,7 +13,7 @@ from engines.piper import PiperEngine
 from engines.text import MAX_PIECE_WEIGHT, _weight, split_for_synthesis
 
 JOE = "piper:en_US-joe-medium"
-CEILING_MB = 350  # growth allowed while one such message plays (it was ~1300 MB, never freed)
+CEILING_MB = 250  # growth allowed while one such message plays (it was ~1300 MB, never freed; now ~50-90)
 
 
 def rss_mb(field: str = "VmRSS") -> int:
