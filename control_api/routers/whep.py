@@ -1,4 +1,4 @@
-"""WHEP (RFC 9725): an SDP offer in, `201 Created` with the answer and a session Location out."""
+"""WHEP (`draft-ietf-wish-whep`): an SDP offer in, `201 Created` with the answer and a session Location out."""
 
 from __future__ import annotations
 
@@ -49,8 +49,8 @@ async def whep_offer(room: str, request: Request, agent: Agent = Depends(get_age
     except UnicodeDecodeError:
         raise Problem(400, "the offer is not UTF-8 text") from None
     try:
-        session = await agent.webrtc.answer(room, offer, principal.identity,
-                                            can_publish=principal.can_publish_data or principal.room_admin)
+        session = await agent.open_whep(room, offer, principal.identity,
+                                        can_publish=principal.can_publish_data or principal.room_admin)
     except OfferError as exc:
         raise Problem(400, str(exc), code="bad_offer") from None
     except RoomLimit as exc:
@@ -58,9 +58,9 @@ async def whep_offer(room: str, request: Request, agent: Agent = Depends(get_age
         raise Problem(503, str(exc), code="capacity", headers={"Retry-After": "5"}) from None
     log.info("peer joined", extra={"room": room, "peer": session.peer_id, "identity": principal.identity,
                                    "can_publish": session.can_publish})
-    location = f"/v1/rooms/{room}/whep/{session.id}"
-    return Response(session.pc.localDescription.sdp, status_code=201, media_type=SDP,
-                    headers={"Location": location, "ETag": f'"{session.id}"'})
+    location = f"/v1/rooms/{room}/whep/{session.session_id}"
+    return Response(session.sdp, status_code=201, media_type=SDP,
+                    headers={"Location": location, "ETag": f'"{session.session_id}"'})
 
 
 @router.delete("/v1/rooms/{room}/whep/{session_id}", status_code=200,
@@ -68,12 +68,12 @@ async def whep_offer(room: str, request: Request, agent: Agent = Depends(get_age
 async def whep_delete(room: str, session_id: str, agent: Agent = Depends(get_agent),
                       principal: Principal = Depends(room_principal)) -> Response:
     """End a WHEP session (its `Location`), with the token that opened it or an admin token."""
-    session = agent.webrtc.sessions.get(session_id)
-    if session is None or session.room.name != room:
+    session = agent.whep_session(session_id)
+    if session is None or session.room != room:
         raise Problem(404, "no such WHEP session")
     if session.identity != principal.identity and not principal.room_admin:
         raise Problem(403, "this session belongs to another identity", code="unauthorized")
-    await agent.webrtc.end(session_id)
+    await agent.close_whep(session_id)
     log.info("peer left", extra={"room": room, "peer": session.peer_id, "identity": session.identity})
     return Response(status_code=200)
 
