@@ -111,13 +111,20 @@ def livekit_router(settings: Settings, agent_name: str = DEFAULT_AGENT_NAME) -> 
         found = await server.call(lambda lk: lk.room.list_rooms(api.ListRoomsRequest()))
         return [_room_out(r) for r in found.rooms]
 
-    @router.get("/v1/rooms/{room}", response_model=LiveKitRoomOut, dependencies=[Depends(require_admin)])
-    async def room_detail(room: str) -> LiveKitRoomOut:
+    async def existing_room(room: str):
+        """The LiveKit room `room`, or 404. Asked before `send_data`: livekit-server answers
+        `send_data` to a missing room only after its internal retries, with 503 (psrpc: no
+        response from servers), not 404."""
         found = await server.call(lambda lk: lk.room.list_rooms(api.ListRoomsRequest(names=[room])))
         if not found.rooms:
             raise Problem(404, f"no LiveKit room {room!r}", code="unknown_room")
+        return found.rooms[0]
+
+    @router.get("/v1/rooms/{room}", response_model=LiveKitRoomOut, dependencies=[Depends(require_admin)])
+    async def room_detail(room: str) -> LiveKitRoomOut:
+        found = await existing_room(room)
         people = await server.call(lambda lk: lk.room.list_participants(api.ListParticipantsRequest(room=room)))
-        out = _room_out(found.rooms[0])
+        out = _room_out(found)
         out.participants = [{"identity": p.identity, "name": p.name, "kind": api.ParticipantInfo.Kind.Name(p.kind)}
                             for p in people.participants]
         return out
@@ -138,6 +145,7 @@ def livekit_router(settings: Settings, agent_name: str = DEFAULT_AGENT_NAME) -> 
             except UnknownVoice as exc:
                 raise ProtocolError(ErrorCode.unknown_voice, str(exc), cmd.id) from None
         message.setdefault("from", f"http:{principal.identity}")
+        await existing_room(room)
         await server.call(lambda lk: lk.room.send_data(send_data_request(room, message)))
         return Accepted(id=cmd.id or "", room=room, status="queued")
 
@@ -147,6 +155,7 @@ def livekit_router(settings: Settings, agent_name: str = DEFAULT_AGENT_NAME) -> 
         data = {} if body is None else body.model_dump(exclude_none=True, exclude={"type"}) | dict(body.model_extra or {})
         message = {"type": "interrupt", **data}
         parse_command(message, max_text_chars=settings.max_text_chars)
+        await existing_room(room)
         await server.call(lambda lk: lk.room.send_data(send_data_request(room, message)))
         return Accepted(id=data.get("id") or "*", room=room, status="interrupted")
 
