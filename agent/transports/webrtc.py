@@ -13,7 +13,7 @@ import asyncio
 import logging
 import re
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import aioice.ice
 import numpy as np
@@ -121,7 +121,6 @@ class WhepSession:
     listen_task: asyncio.Task | None = None  # reads the microphone where aiortc's RTP tap is off
     connect_deadline: asyncio.TimerHandle | None = None
     closed: bool = False
-    tasks: set = field(default_factory=set)
 
 
 def check_offer(sdp: str) -> None:
@@ -149,6 +148,7 @@ class WebRTCTransport:
         self.rooms = rooms
         self.settings = settings
         self.sessions: dict[str, WhepSession] = {}
+        self._ending: set[asyncio.Task] = set()  # sessions being ended in the background
         self.listening = listening if listening is not None else Listening()  # barge-in: decodes nothing while off
         configure_ice(settings)
         fast_paths()  # probe aiortc once, at start: one log line says which fast paths are on
@@ -192,8 +192,8 @@ class WebRTCTransport:
     def _end_soon(self, session: WhepSession) -> None:
         if not session.closed:
             task = asyncio.ensure_future(self.end(session.id))
-            session.tasks.add(task)
-            task.add_done_callback(session.tasks.discard)
+            self._ending.add(task)  # close_all waits for it: the peer hears the DTLS close
+            task.add_done_callback(self._ending.discard)
 
     def _expire_unconnected(self, session: WhepSession) -> None:
         if not session.closed and session.pc.connectionState != "connected":
@@ -281,5 +281,5 @@ class WebRTCTransport:
         return True
 
     async def close_all(self) -> None:
-        await asyncio.gather(*(self.end(sid) for sid in list(self.sessions)), return_exceptions=True)
+        await asyncio.gather(*(self.end(sid) for sid in list(self.sessions)), *self._ending, return_exceptions=True)
 
