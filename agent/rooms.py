@@ -25,6 +25,7 @@ from engines.registry import VoiceRegistry
 from . import metrics
 from .budget import MessageBudget, Verdict
 from .clock import FrameClock
+from .queue_caps import QueueCaps
 from .protocol import (PROTOCOL_VERSION, BargeIn, Configure, ErrorCode, Interrupt, ProtocolError, Synthesize,
                        encode_event, error_event, event, parse_command)
 from .settings import Settings
@@ -80,6 +81,7 @@ class Room:
         self._speaker = Speaker(
             name, voices, self, voice=settings.voice, speed=settings.speed, danmu=settings.danmu,
             barge_in=settings.barge_in, max_text_chars=settings.max_text_chars,
+            caps=QueueCaps.from_settings(settings),
         )
         self._speaker.on_idle = self._on_idle
         self._sink: RoomSink = make_sink(self)
@@ -289,6 +291,12 @@ class Room:
             self._close_timer.cancel()
             self._close_timer = None
 
+    def sender_left(self, sender: str) -> None:
+        """A sender that is not a peer left (a LiveKit participant): its queued lines go."""
+        self._budgets.pop(sender, None)
+        if not self._closed:
+            self._speaker.drop_sender(sender)
+
     def update_peer(self, peer_id: str, **info: Any) -> None:
         if peer_id in self._peers:
             self._peers[peer_id] = MappingProxyType({**self._peers[peer_id], **info})
@@ -300,6 +308,8 @@ class Room:
         self._disconnects.pop(peer_id, None)
         self._budgets.pop(peer_id, None)
         metrics.PEERS.dec()
+        if not self._closed:
+            self._speaker.drop_sender(peer_id)  # its queue does not outlive it
         if not self._peers and not self._closed and self._on_empty is not None:
             loop = asyncio.get_running_loop()
             self._close_timer = loop.call_later(self._settings.room_grace_s, self._on_empty, self)

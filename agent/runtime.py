@@ -62,7 +62,7 @@ class Agent:
         self._owns_engines = engines is None  # engines passed in are shared: the caller closes them
         self.engines = engines if engines is not None else default_engines(settings)
         self.voices = VoiceRegistry(self.engines, settings.voice)
-        self.tokens = TokenAuthority(settings.keys)
+        self.tokens = TokenAuthority(settings.keys, settings.max_token_ttl_s)
         self.rooms = RoomRegistry(settings, self.voices)
         self.webrtc = None
         if embedded:
@@ -135,6 +135,12 @@ class Agent:
         if session is None:
             return None
         return WhepInfo(session.id, session.room.name, session.peer_id, session.identity)
+
+    def whep_sessions_held(self, room: str, identity: str) -> int:
+        """WHEP sessions `identity` holds in `room` (its share of the room's peers)."""
+        if self.webrtc is None:
+            return 0
+        return sum(1 for s in self.webrtc.sessions.values() if s.room.name == room and s.identity == identity)
 
     async def close_whep(self, session_id: str) -> bool:
         return self.webrtc is not None and await self.webrtc.end(session_id)

@@ -23,7 +23,7 @@ from agent.runtime import Agent
 from agent.settings import Settings
 from engines.registry import UnknownVoice
 
-from .deps import admin_or_dev, get_agent, rate_limited, require_admin
+from .deps import BAD_ROOM, admin_or_dev, check_token_ttl, get_agent, rate_limited, require_admin, valid_room
 from .models import Accepted, InterruptBody, SpeakBody, TokenRequest, TokenResponse
 from .problems import Problem
 
@@ -96,11 +96,12 @@ def livekit_router(settings: Settings, agent_name: str = DEFAULT_AGENT_NAME) -> 
     assert settings.livekit_url, "LiveKit mode needs settings.livekit_url"
     key = next(iter(settings.keys))
     server = LiveKitServer(settings.livekit_url, key, settings.keys[key])
-    router = APIRouter(tags=["livekit"])
+    router = APIRouter(tags=["livekit"], dependencies=[Depends(valid_room)], responses=BAD_ROOM)
 
     @router.post("/v1/tokens", response_model=TokenResponse, dependencies=[Depends(admin_or_dev)])
     def create_token(body: TokenRequest, agent: Agent = Depends(get_agent)) -> TokenResponse:
         """A LiveKit access token for `room`; joining with it dispatches the agent."""
+        check_token_ttl(body.ttl_s, agent)
         token = agent.tokens.mint(body.identity, room=body.room, name=body.name, ttl_s=body.ttl_s,
                                   can_publish_data=body.can_publish_data, can_subscribe=body.can_subscribe,
                                   room_config=room_configuration(agent_name))
@@ -152,7 +153,8 @@ def livekit_router(settings: Settings, agent_name: str = DEFAULT_AGENT_NAME) -> 
     @router.post("/v1/rooms/{room}/interrupt", status_code=202, response_model=Accepted,
                  response_model_exclude_none=True, dependencies=[Depends(require_admin)])
     async def interrupt(room: str, body: InterruptBody | None = None) -> Accepted:
-        data = {} if body is None else body.model_dump(exclude_none=True, exclude={"type"}) | dict(body.model_extra or {})
+        data = {} if body is None else (body.model_dump(exclude_none=True, exclude={"type"}, by_alias=True)
+                                        | dict(body.model_extra or {}))
         message = {"type": "interrupt", **data}
         parse_command(message, max_text_chars=settings.max_text_chars)
         await existing_room(room)

@@ -12,7 +12,7 @@ import tomllib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-INSTALLED = ["agent", "control_api", "engines", "web_demo"]
+INSTALLED = ["agent", "bridges", "control_api", "engines", "web_demo"]
 FROM_SOURCE = {"melo"}  # MeloTTS is installed from its repository (README), behind the `melo` extra's torch
 
 

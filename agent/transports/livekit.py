@@ -471,6 +471,7 @@ class LiveKitTransport:
             room = session.room
             if room is None or room.closed:
                 return
+            room.sender_left(participant.identity)  # its queued lines do not outlive it
             room.update_peer(PEER_ID, participants=len(session.participants))
             if not session.participants:
                 # everyone left: the core room's grace period decides when the agent leaves
