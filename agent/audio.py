@@ -16,12 +16,14 @@ _FADE_OUT = np.linspace(1.0, 0.0, FADE_SAMPLES, endpoint=False, dtype=np.float32
 
 
 class Resampler:
-    """Streaming resampler to 48 kHz mono int16 (libsoxr). Not `av.AudioResampler`: that one
-    starts a thread per core for every instance, i.e. two threads per utterance here."""
+    """Streaming resampler to 48 kHz (or `out_rate`) mono int16 (libsoxr). Not
+    `av.AudioResampler`: that one starts a thread per core for every instance, i.e. two
+    threads per utterance here."""
 
-    def __init__(self, in_rate: int):
+    def __init__(self, in_rate: int, out_rate: int = SAMPLE_RATE):
         self.in_rate = in_rate
-        self._soxr = None if in_rate == SAMPLE_RATE else soxr.ResampleStream(in_rate, SAMPLE_RATE, 1, dtype="int16")
+        self.out_rate = out_rate
+        self._soxr = None if in_rate == out_rate else soxr.ResampleStream(in_rate, out_rate, 1, dtype="int16")
 
     def push(self, pcm: np.ndarray) -> np.ndarray:
         if self._soxr is None:
@@ -34,7 +36,7 @@ class Resampler:
         return self._soxr.resample_chunk(np.zeros(0, np.int16), last=True)
 
     def to_output_samples(self, in_samples: int) -> int:
-        return in_samples * SAMPLE_RATE // self.in_rate
+        return in_samples * self.out_rate // self.in_rate
 
 
 class PcmBuffer:

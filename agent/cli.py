@@ -22,12 +22,15 @@ def _add_settings_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level")
 
 
-def _settings(args):
+def _settings(args, **extra):
+    """Settings from flags, environment and config file (`serve`, `worker`, `join`, `voices`);
+    a bad value exits with a message naming the field."""
     from .settings import load_settings
 
     overrides = {k: getattr(args, k, None) for k in
                  ("host", "port", "voice", "voices_dir", "ice_addresses", "public_url", "livekit_url",
                   "log_format", "log_level")}
+    overrides.update(extra)
     try:
         return load_settings(getattr(args, "config", None), **overrides)
     except ValidationError as exc:
@@ -42,13 +45,11 @@ def cmd_serve(args) -> int:
 
     from control_api import create_app
 
-    from .logs import setup_logging
-    from .runtime import Agent
+    from .runtime import build_agent
     from .settings import DEV_KEY, DEV_SECRET
 
     settings = _settings(args)
-    setup_logging(settings.log_format, settings.log_level)
-    agent = Agent(settings)
+    agent = build_agent(settings)
     app = create_app(agent)
     base = settings.base_url
     print(f"tts-agent: demo at {base}/demo  (API docs at {base}/docs)", flush=True)

@@ -6,8 +6,7 @@ transport feeds it Opus payloads (`feed_opus`, embedded WebRTC) or PCM (`feed_pc
 LiveKit `rtc.AudioStream` frames at 48 or 16 kHz). While the room's barge-in mode is `off`
 a listener drops what it is fed before any decoding and holds no decoder, resampler or VAD
 state; a LiveKit transport can also skip subscribing while `listener.active` is false.
-
-`attach_listening(transport)` wires it into the embedded WebRTC transport.
+Transports hand audio in; this module knows neither aiortc nor livekit.
 """
 
 from __future__ import annotations
@@ -28,7 +27,6 @@ from .vad import CHUNK_MS, CHUNK_SAMPLES, SAMPLE_RATE, VadStream, VadUnavailable
 
 if TYPE_CHECKING:
     from .rooms import Room
-    from .transports.webrtc import WebRTCTransport, WhepSession
 
 log = logging.getLogger(__name__)
 
@@ -328,50 +326,3 @@ def _report_load(future: asyncio.Future) -> None:
     if not future.cancelled() and future.exception() is not None:
         log.error("barge-in cannot listen: %s", future.exception())
 
-
-class RtpTap:
-    """Stands in for an aiortc `RTCRtpReceiver._handle_rtp_packet`: Opus payloads go to the
-    listener, which drops them undecoded while barge-in is off. Nothing reaches aiortc's
-    jitter buffer and decoder thread, which would otherwise decode every packet (and queue
-    the frames for a `recv()` nobody calls). What is lost: aiortc's RTCP receiver reports
-    and NACKs for this one incoming stream, which an Opus microphone does without."""
-
-    def __init__(self, listener: Listener):
-        self.listener = listener
-        self._last_seq: int | None = None
-
-    async def __call__(self, packet, arrival_time_ms: int) -> None:
-        seq = packet.sequence_number
-        if self._last_seq is not None:
-            ahead = (seq - self._last_seq) & 0xFFFF
-            if ahead == 0 or ahead >= 0x8000:
-                return  # duplicate or late: the decoder has moved on
-        self._last_seq = seq
-        if packet.payload:
-            self.listener.feed_opus(packet.payload)
-
-
-def attach_listening(transport: "WebRTCTransport", listening: Listening | None = None) -> Listening:
-    """Listen to the microphone a WHEP peer sends (`sendrecv` audio) in the embedded transport."""
-    listening = listening if listening is not None else Listening()
-
-    def on_listen(session: "WhepSession", track) -> None:
-        receiver = next((t.receiver for t in session.pc.getTransceivers() if t.receiver.track is track), None)
-        if receiver is None:
-            return
-        if session.listen_task is not None:  # a second audio section: the newest one is heard
-            session.listen_task.cancel()
-        listener = listening.listen(session.room, session.peer_id)
-        receiver._handle_rtp_packet = RtpTap(listener)
-        session.listen_task = asyncio.ensure_future(_listen_until_cancelled(listening, listener))
-
-    transport.on_listen = on_listen
-    return listening
-
-
-async def _listen_until_cancelled(listening: Listening, listener: Listener) -> None:
-    # The transport cancels `listen_task` when the session ends: that is when to let go.
-    try:
-        await asyncio.get_running_loop().create_future()
-    finally:
-        listening.remove(listener)

@@ -179,3 +179,8 @@ def event(type_: str, **fields: Any) -> dict:
 
 def error_event(err: ProtocolError) -> dict:
     return event("error", id=err.id, code=err.code.value, message=err.message)
+
+
+def encode_event(ev: dict) -> bytes:
+    """An event as it goes on the wire (UTF-8 JSON, compact): the one place events are encoded."""
+    return json.dumps(ev, ensure_ascii=False, separators=(",", ":")).encode()

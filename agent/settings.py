@@ -69,6 +69,12 @@ class Settings(BaseSettings):
     max_queue_chars_per_sender: int = Field(50_000, ge=1)
     room_grace_s: float = Field(30.0, ge=0)
     rate_limit_per_min: int = Field(600, ge=1)  # per token/IP on speak, synthesize and WHEP
+    # data-channel messages per peer: an LLM token stream sends ~100 `append`s a second
+    peer_messages_per_s: float = Field(100.0, gt=0)
+    peer_message_burst: int = Field(200, ge=1)  # two seconds of a token stream, sent at once after a stall
+    # drops past the budget, net of its rate: a flooder at 2000 messages a second goes in 0.36 s
+    # (bench.flood --only datachannel: other rooms' frames >5 ms late 55-164 with no budget, 0-5)
+    peer_flood_drops: int = Field(400, ge=1)
     opus_bitrate: int = Field(32_000, ge=6_000, le=510_000)
     # Opus encoding is most of the per-room CPU. CELT ("lowdelay") at complexity 0 costs
     # ~34 µs a frame here against ~200 µs for SILK/hybrid ("voip") at complexity 10.

@@ -75,8 +75,9 @@ class SpeakerOutput(Protocol):
     def pull_now(self) -> None:
         """The Speaker has a frame that should leave now (first audio, or a fade)."""
 
-    def discard_buffered(self) -> None:
-        """The playing utterance was cut: audio handed on but not yet played is stale."""
+    def discard_buffered(self) -> int | None:
+        """The playing utterance was cut: audio handed on but not yet played is stale.
+        Returns how many of those samples (48 kHz) were dropped."""
 
 
 class Utterance:
@@ -383,7 +384,8 @@ class Speaker:
             utt.producer.cancel()
         if utt is self.current:
             if utt.started:
-                self.output.discard_buffered()
+                # what the transport held and now drops was never heard: not part of played_ms
+                utt.played -= min(utt.played, self.output.discard_buffered() or 0)
                 fade = np.zeros(FRAME_SAMPLES, np.int16)
                 n = utt.buffer.read_into(fade)
                 if n:

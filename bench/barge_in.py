@@ -180,18 +180,7 @@ def _espeak():
 
 
 def _serve(argv: list[str]) -> int:
-    """The agent CLI's `serve`, with listening attached where the runtime does not yet do it."""
-    from agent import runtime
-    from agent.listening import attach_listening
-
-    init = runtime.Agent.__init__
-
-    def init_with_listening(self, *args, **kwargs):
-        init(self, *args, **kwargs)
-        if self.webrtc.on_listen is None:
-            self.listening = attach_listening(self.webrtc)
-
-    runtime.Agent.__init__ = init_with_listening
+    """The agent CLI's `serve` (the runtime listens to WHEP microphones itself)."""
     from agent.cli import main as cli_main
 
     return cli_main(["serve", *argv])
@@ -257,23 +246,27 @@ def _offline_room(mode: str):
     from agent.settings import Settings
     from engines.registry import VoiceRegistry
 
-    class Events:
-        def __init__(self, room):
-            self.events: list[str] = []
-
-        def send_frame(self, pcm, slot):
-            pass
-
-        def send_event(self, data, to):
-            self.events.append(data)
-
-        def close(self):
-            pass
-
     settings = Settings(barge_in=BargeIn(mode=mode))
-    registry = RoomRegistry(settings, VoiceRegistry([_espeak()], None))
-    registry.sink_factory = Events
-    return registry
+    return RoomRegistry(settings, VoiceRegistry([_espeak()], None))
+
+
+class _Events:
+    """The offline rooms' sink: keeps the events, drops the frames."""
+
+    def __init__(self, room):
+        self.events: list[bytes] = []
+
+    def send_frame(self, pcm, slot):
+        pass
+
+    def send_event(self, data, to):
+        self.events.append(data)
+
+    def discard_buffered(self):
+        return 0
+
+    def close(self):
+        pass
 
 
 def _opus_packets(pcm: np.ndarray) -> list[bytes]:
@@ -296,7 +289,7 @@ def measure_false_triggers(minutes: float) -> dict:
     registry = _offline_room("interrupt")
     out = {}
     for i, (name, make) in enumerate(NOISES.items()):
-        room = registry.get_or_create(f"noise{i}")
+        room = registry.open(f"noise{i}", _Events)
         listener = Listening().listen(room, "mic")
         for payload in _opus_packets(make(minutes * 60)):
             listener.feed_opus(payload)
@@ -315,7 +308,7 @@ def measure_detection(engine_voices: list[str]) -> dict:
     hits = total = 0
     for v in engine_voices:
         for t in texts:
-            room = registry.get_or_create(f"{v}-{t}")
+            room = registry.open(f"{v}-{t}", _Events)
             listener = Listening().listen(room, "mic")
             pcm = asyncio.run(espeak_speech([engine], t, voice=v))
             for payload in _opus_packets(np.concatenate([pcm, np.zeros(RATE, np.int16)])):
@@ -334,7 +327,7 @@ def measure_listener_cpu(seconds: float) -> dict:
     pcm = (np.tile(speech, reps)[: int(seconds * RATE)] + noise(-45, seconds)).astype(np.int16)
     packets = _opus_packets(pcm)
     registry = _offline_room("duck")
-    listener = Listening().listen(registry.get_or_create("cpu"), "mic")
+    listener = Listening().listen(registry.open("cpu", _Events), "mic")
     for payload in packets[:50]:  # warm: model, decoder
         listener.feed_opus(payload)
     before_cpu, before_calls = listener.stats.cpu_s, listener.stats.vad_calls

@@ -2,6 +2,12 @@
 on, as by default) while other rooms speak. Their audio must keep its 20 ms pace.
 
     python -m bench.flood --seconds 20
+    python -m bench.flood --only datachannel --seconds 5   # a peer flooding its data channel
+
+`--only datachannel`: a real aiortc peer sends 2000 messages a second on its `tts` channel
+(each one, if accepted, answered with an `error`), once with the per-peer message budget
+effectively off and once with the default budget, each against a fresh agent; for each it
+says whether a packet in another room arrived later than 20 ms after its slot.
 
 Measured per phase (quiet, then flood): the agent's late frames (`tts_frames_late_total` /
 `tts_frames_sent_total` from /metrics) and, at a listener in each speaking room, the arrival
@@ -81,6 +87,46 @@ async def flood(base_url: str, seconds: float, workers: int, only: str | None = 
     return dict(statuses)
 
 
+async def flood_datachannel(base_url: str, seconds: float, rate: int = 2000) -> dict:
+    """A real peer sending `rate` invalid messages a second on its data channel."""
+    from agent.auth import TokenAuthority
+    from agent.client import RoomClient
+    from agent.settings import DEV_KEY, DEV_SECRET
+
+    use_loopback_ice()
+    token = TokenAuthority({DEV_KEY: DEV_SECRET}).mint("flooder", room="flood")
+    client = RoomClient(base_url, "flood", token)
+    await client.connect()
+    sent, start = 0, time.monotonic()
+    per_tick = max(1, rate // 50)
+    while time.monotonic() - start < seconds and client.channel.readyState == "open":
+        for _ in range(per_tick):
+            client.channel.send('{"type":"synthesize"}')  # missing text: an `error` each, if accepted
+        sent += per_tick
+        await asyncio.sleep(0.02)  # pacing the flood at `rate`
+    cut_after = time.monotonic() - start if client.channel.readyState != "open" else None
+    await asyncio.sleep(0.5)  # replies still in flight
+    codes = collections.Counter(e.get("code") for e in client.events_of("error"))
+    await client.close()
+    return {"sent": sent, "errors": dict(codes), "disconnected_after_s": cut_after}
+
+
+def late_over_ms(listener: Listener, start: float, end: float, limit_ms: float = 20.0) -> tuple[int, int]:
+    """(packets arriving more than `limit_ms` after their slot, packets) in a window. A packet's
+    slot is its RTP timestamp on the sender's clock; the earliest packet sets the offset."""
+    arr = np.frombuffer(listener.arrivals, dtype=np.float64)
+    ts = np.frombuffer(listener.timestamps, dtype=np.int64)
+    n = min(len(arr), len(ts))
+    arr, ts = arr[:n], ts[:n]
+    keep = (arr >= start) & (arr < end)
+    if not keep.any():
+        return 0, 0
+    ts = np.unwrap(ts, period=2**32)  # RTP timestamps wrap at 2^32
+    behind = arr - ts / 48_000
+    lateness_ms = (behind - behind.min()) * 1000
+    return int((lateness_ms[keep] > limit_ms).sum()), int(keep.sum())
+
+
 # -- the measuring side ----------------------------------------------------------------
 
 def spacing_ms(listener: Listener, start: float, end: float) -> list[float]:
@@ -130,13 +176,55 @@ async def measure(base_url: str, rooms: int, seconds: float, workers: int, only:
             listener.speak_text = None
             await listener.close()
     return {
-        "quiet": {**quiet, "spacing_ms": [g for lst in listeners for g in spacing_ms(lst, q0, q1)]},
+        "quiet": {**quiet, "spacing_ms": [g for lst in listeners for g in spacing_ms(lst, q0, q1)],
+                  "late_20ms": [sum(v) for v in zip(*(late_over_ms(lst, q0, q1) for lst in listeners))]},
         "flood": {**flooded, "spacing_ms": [g for lst in listeners for g in spacing_ms(lst, f0, f1)],
+                  "late_20ms": [sum(v) for v in zip(*(late_over_ms(lst, f0, f1) for lst in listeners))],
                   "requests": statuses},
     }
 
 
+def main_datachannel(rooms: int, seconds: float, repeats: int = 3) -> dict:
+    """The data-channel flood with the message budget off, then on (defaults), `repeats` times."""
+    import json
+    import tempfile
+
+    from .common import BENCH_VOICE, ServerProcess
+
+    off = {"peer_messages_per_s": 1e9, "peer_message_burst": 10**9, "peer_flood_drops": 10**9}
+    rows, runs = [], []
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(off, f)
+    for repeat in range(repeats):
+        for name, extra in (("budget off", ["--config", f.name]), ("budget on", [])):
+            server = ServerProcess(["-m", "agent", "serve", "--log-level", "WARNING", "--voice", BENCH_VOICE, *extra],
+                                   name="tts-agent")
+            with server:
+                data = asyncio.run(measure(server.base_url, rooms, seconds, 1, "datachannel"))
+            flood, quiet = data["flood"], data["quiet"]
+            late, packets = flood["late_20ms"] or [0, 0]
+            quiet_late, quiet_packets = quiet["late_20ms"] or [0, 0]
+            req = flood["requests"]
+            runs.append({"budget": name, "repeat": repeat, "late_over_20ms": late, "packets": packets,
+                         "quiet_late_over_20ms": quiet_late, "quiet_packets": quiet_packets,
+                         "agent_late_5ms": flood["tts_frames_late_total"],
+                         "quiet_agent_late_5ms": quiet["tts_frames_late_total"], **req})
+            rows.append([name, repeat, f"{quiet_late}/{quiet_packets}", f"{late}/{packets}",
+                         f"{int(quiet['tts_frames_late_total'])}/{int(quiet['tts_frames_sent_total'])}",
+                         f"{int(flood['tts_frames_late_total'])}/{int(flood['tts_frames_sent_total'])}",
+                         req.get("sent"), req.get("errors"), req.get("disconnected_after_s")])
+    print_table(f"Data-channel flood: 2000 messages/s from one peer, {rooms} other rooms speaking, "
+                f"{seconds:g} s per phase", ["budget", "run", ">20 ms late quiet", ">20 ms late flood",
+                                             "agent late quiet", "agent late flood", "sent", "errors back",
+                                             "cut after s"], rows)
+    result = {"rooms": rooms, "seconds": seconds, "runs": runs}
+    print(f"-> {write_result('flood-datachannel', result)}")
+    return result
+
+
 def main(rooms: int = 3, seconds: float = 20.0, workers: int = 16, only: str | None = None) -> dict:
+    if only == "datachannel":
+        return main_datachannel(rooms, seconds)
     with our_agent() as agent:
         data = asyncio.run(measure(agent.base_url, rooms, seconds, workers, only))
         final = scrape(agent.base_url)
@@ -171,13 +259,16 @@ def cli(argv: list[str] | None = None) -> None:
     p.add_argument("--rooms", type=int, default=3)
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--workers", type=int, default=16)
-    p.add_argument("--only", choices=["whep", "speak"], help="flood one door only")
+    p.add_argument("--only", choices=["whep", "speak", "datachannel"], help="flood one door only")
     p.add_argument("--flooder", metavar="BASE_URL", help=argparse.SUPPRESS)  # the child process
     args = p.parse_args(argv)
     if args.flooder:
         import json
 
-        print(json.dumps(asyncio.run(flood(args.flooder, args.seconds, args.workers, args.only))))
+        if args.only == "datachannel":
+            print(json.dumps(asyncio.run(flood_datachannel(args.flooder, args.seconds))))
+        else:
+            print(json.dumps(asyncio.run(flood(args.flooder, args.seconds, args.workers, args.only))))
     else:
         main(args.rooms, args.seconds, args.workers, args.only)
 

@@ -30,7 +30,7 @@ def create_app(agent: Agent) -> FastAPI:
     app = FastAPI(
         title="tts-agent control plane",
         version="1.0.0",
-        description="Speaks text into WebRTC rooms. Protocol: shared/PROTOCOL.md (room protocol v1).",
+        description="Speaks text into WebRTC rooms. Protocol: docs/protocol.md (room protocol v1).",
         lifespan=lifespan,
     )
     app.state.agent = agent

@@ -44,7 +44,7 @@ class RecordingSink:
         self.changed.set()
 
     def discard_buffered(self):
-        pass
+        return 0
 
     def close(self):
         pass
@@ -66,7 +66,6 @@ class RecordingSink:
 async def registry():
     settings = Settings(room_grace_s=0)
     reg = RoomRegistry(settings, VoiceRegistry(shared_engines(), settings.voice))
-    reg.sink_factory = RecordingSink
     yield reg
     await reg.close_all()
 
@@ -155,7 +154,7 @@ def test_gate_threshold_and_hangover():
 
 
 async def test_off_decodes_nothing(registry, sentence):
-    room = registry.get_or_create("quiet")
+    room = registry.open("quiet", RecordingSink)
     listening = Listening()
     listener = listening.listen(room, "alice")
     feed(listener, sentence)
@@ -169,7 +168,7 @@ async def test_off_decodes_nothing(registry, sentence):
 
 
 async def test_interrupt_mode_stops_the_speaker_and_clears_the_queue(registry, sentence):
-    room = registry.get_or_create("talk")
+    room = registry.open("talk", RecordingSink)
     room.speaker.barge_in = barge("interrupt")
     room.receive({"type": "synthesize", "id": "long", "text": LONG_TEXT, "voice": "espeak:en-us"}, "bot")
     room.receive({"type": "synthesize", "id": "next", "text": "Queued after it."}, "bot")
@@ -186,7 +185,7 @@ async def test_interrupt_mode_stops_the_speaker_and_clears_the_queue(registry, s
 
 
 async def test_interrupt_without_clearing_the_queue(registry, sentence):
-    room = registry.get_or_create("keep")
+    room = registry.open("keep", RecordingSink)
     room.speaker.barge_in = barge("interrupt", clear_queue=False)
     room.receive({"type": "synthesize", "id": "long", "text": LONG_TEXT, "voice": "espeak:en-us"}, "bot")
     room.receive({"type": "synthesize", "id": "next", "text": "Queued after it."}, "bot")
@@ -197,7 +196,7 @@ async def test_interrupt_without_clearing_the_queue(registry, sentence):
 
 
 async def test_duck_mode_lowers_the_gain_while_someone_talks(registry, sentence):
-    room = registry.get_or_create("duck")
+    room = registry.open("duck", RecordingSink)
     room.speaker.barge_in = barge("duck")
     listening = Listening()
     alice, bob = listening.listen(room, "alice"), listening.listen(room, "bob")
@@ -213,7 +212,7 @@ async def test_duck_mode_lowers_the_gain_while_someone_talks(registry, sentence)
 
 
 async def test_turning_barge_in_off_mid_turn_ends_it_and_frees_the_decoders(registry, sentence):
-    room = registry.get_or_create("switch")
+    room = registry.open("switch", RecordingSink)
     room.speaker.barge_in = barge("duck")
     listener = Listening().listen(room, "alice")
     opus = encode_opus(sentence)
@@ -230,7 +229,7 @@ async def test_turning_barge_in_off_mid_turn_ends_it_and_frees_the_decoders(regi
 
 
 async def test_min_speech_ms_of_the_room_applies(registry, sentence):
-    room = registry.get_or_create("strict")
+    room = registry.open("strict", RecordingSink)
     room.speaker.barge_in = barge("interrupt", min_speech_ms=5000)  # longer than the sentence
     listener = Listening().listen(room, "alice")
     feed(listener, sentence)
@@ -241,7 +240,7 @@ async def test_min_speech_ms_of_the_room_applies(registry, sentence):
 
 
 async def test_bad_input_is_refused_and_changes_nothing(registry, sentence):
-    room = registry.get_or_create("bad")
+    room = registry.open("bad", RecordingSink)
     room.speaker.barge_in = barge("interrupt")
     listener = Listening().listen(room, "alice")
     with pytest.raises(ValueError, match="mono int16"):
@@ -259,7 +258,7 @@ async def test_bad_input_is_refused_and_changes_nothing(registry, sentence):
 
 
 async def test_leaving_ends_the_turn(registry, sentence):
-    room = registry.get_or_create("leave")
+    room = registry.open("leave", RecordingSink)
     room.speaker.barge_in = barge("duck")
     listening = Listening()
     listener = listening.listen(room, "alice")
@@ -272,7 +271,7 @@ async def test_leaving_ends_the_turn(registry, sentence):
 async def test_one_identity_in_two_rooms_is_two_listeners(registry, sentence):
     # LiveKit identities are unique per room only
     listening = Listening()
-    a, b = registry.get_or_create("a"), registry.get_or_create("b")
+    a, b = registry.open("a", RecordingSink), registry.open("b", RecordingSink)
     a.speaker.barge_in = barge("duck")
     in_a, in_b = listening.listen(a, "alice"), listening.listen(b, "alice")
     feed(in_a, sentence)
@@ -286,7 +285,7 @@ async def test_listeners_start_no_threads(registry, sentence):
     # one decoder and resampler per listened participant: they must not bring thread pools
     import os
 
-    room = registry.get_or_create("threads")
+    room = registry.open("threads", RecordingSink)
     room.speaker.barge_in = barge("duck")
     listening = Listening()
     opus = encode_opus(sentence)
@@ -323,7 +322,7 @@ async def test_livekit_audio_stream_frames_drive_the_listener(registry, sentence
     the local track is the one SDK object that carries frames without one)."""
     from livekit import rtc
 
-    room = registry.get_or_create(f"lk{rate}")
+    room = registry.open(f"lk{rate}", RecordingSink)
     room.speaker.barge_in = barge("interrupt")
     room.receive({"type": "synthesize", "id": "long", "text": LONG_TEXT, "voice": "espeak:en-us"}, "bot")
     await room.sink.wait("started", id="long")

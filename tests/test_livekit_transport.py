@@ -657,3 +657,29 @@ def test_cli_has_worker_and_join():
     assert (args.command, args.agent_name) == ("worker", "tts-agent")
     args = build_parser().parse_args(["join", "--room", "stage", "--url", "ws://x", "--api-key", "k", "--api-secret", "s"])
     assert (args.command, args.room) == ("join", "stage")
+
+
+async def test_played_ms_leaves_out_frames_the_cut_dropped_unplayed(lk):
+    """Frames the clock pushed that were still waiting for the AudioSource when the
+    utterance was cut were never heard: `interrupted.played_ms` does not count them."""
+    _, lk_room, session, pub = lk
+    stuck = asyncio.get_running_loop().create_future()
+    captures = []
+
+    async def capture_never_returns(frame):  # a source that takes one frame and then stalls
+        captures.append(frame)
+        await stuck
+
+    session.source.capture_frame = capture_never_returns
+    alice = participant("alice")
+    lk_room.emit("data_received", packet({"type": "synthesize", "id": "long", "text": "Words " * 200}, alice))
+    async with asyncio.timeout(20):
+        while session.audio.pending < 3:  # frames pile up behind the stalled capture
+            await asyncio.sleep(0.005)
+    dropped_by_backlog = session.audio.dropped
+    lk_room.emit("data_received", packet({"type": "interrupt"}, alice))
+    (cut,) = await pub.wait_for(lambda: pub.events("interrupted"))
+    # heard at most: the frame in capture, frames the backlog dropped (counted, a known
+    # over-count), and the faded last frame pushed after the cut
+    assert cut["played_ms"] <= 20 * (len(captures) + dropped_by_backlog + 1), (cut, session.audio.pending)
+    stuck.cancel()

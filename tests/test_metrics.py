@@ -150,10 +150,10 @@ async def _dead_clock(running_agent, alice) -> None:
 
 
 async def test_not_ready_while_draining(running_agent):
-    running_agent.agent.rooms.draining = True
+    running_agent.agent.rooms.drain()
     async with httpx.AsyncClient(base_url=running_agent.base_url) as http:
         resp = await http.get("/readyz")
-    running_agent.agent.rooms.draining = False
+    running_agent.agent.rooms._draining = False  # back, so the fixture's shutdown runs as usual
     assert resp.status_code == 503 and resp.json()["detail"] == "shutting down"
 
 

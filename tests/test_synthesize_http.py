@@ -269,3 +269,19 @@ async def test_synthesize_is_rate_limited_per_token():
         assert other.status_code == 200  # the limit counts per token
     finally:
         await stop_agent(running)
+
+
+@pytest.mark.parametrize("out_rate", [22_050, 16_000, 24_000])
+def test_a_voice_at_another_rate_is_resampled_to_the_files_rate_not_to_48k(out_rate):
+    """A fallback voice's chunks at 16 kHz into a 22.05 kHz file: one second stays one second
+    at the file's rate, and a 440 Hz tone stays 440 Hz."""
+    from control_api.routers.synthesize import RateMatch
+
+    rate_in = 16_000
+    tone = (8000 * np.sin(2 * np.pi * 440 * np.arange(rate_in) / rate_in)).astype(np.int16)
+    match = RateMatch(out_rate)
+    out = np.concatenate([match.push(tone[i:i + 1600], rate_in) for i in range(0, rate_in, 1600)] + [match.flush()])
+    assert abs(len(out) - out_rate) <= out_rate // 100, len(out)
+    spectrum = np.abs(np.fft.rfft(out.astype(np.float64)))
+    peak_hz = np.argmax(spectrum) * out_rate / len(out)
+    assert abs(peak_hz - 440) < 5, peak_hz

@@ -18,9 +18,8 @@ Barge-in (the agent listens): while the room's barge-in mode is not `off`, the a
 subscribes to the participants' microphone tracks (never its own or another agent's) and
 reads each through `rtc.AudioStream` at 16 kHz mono into a `Listener` (agent/listening.py).
 While it is `off` nothing is subscribed, so the SFU forwards nothing and nothing is decoded.
-The Speaker has no hook for a mode change, so the transport looks again where one can
-happen: after every data packet (a `configure`), at join (the agent's settings) and when a
-participant or a track appears.
+The transport looks again when the Room says barge-in changed (a `configure`), at join (the
+agent's settings) and when a participant or a track appears.
 """
 
 from __future__ import annotations
@@ -38,6 +37,7 @@ from livekit import rtc
 
 from ..audio import FRAME_SAMPLES, SAMPLE_RATE
 from ..listening import Listener, Listening
+from ..protocol import encode_event
 from ..rooms import Room, RoomRegistry
 from ..vad import SAMPLE_RATE as VAD_RATE
 from .livekit_metadata import apply_dispatch_metadata
@@ -138,12 +138,15 @@ class AudioPump:
             self.dropped += 1
         self._wake.set()
 
-    def discard(self) -> None:
-        """Drop every frame not yet played: ours and the source's queue (interrupt)."""
+    def discard(self) -> int:
+        """Drop every frame not yet played: ours and the source's queue (interrupt). Returns
+        the samples dropped: they were counted as played when the clock pushed them."""
+        dropped = len(self._waiting) * FRAME_SAMPLES + round(self.source.queued_duration * SAMPLE_RATE)
         self._free.extend(self._waiting)
         self._waiting.clear()
         self.source.clear_queue()
         self.cleared += 1
+        return dropped
 
     @property
     def pending(self) -> int:
@@ -259,18 +262,20 @@ class LiveKitRoomSink:
     def send_frame(self, pcm: np.ndarray, slot: int) -> None:
         self.session.audio.push(pcm)
 
-    def discard_buffered(self) -> None:
+    def discard_buffered(self) -> int:
         # called before the cut utterance's faded last frame is pushed: what is queued is stale
-        self.session.audio.discard()
+        return self.session.audio.discard()
 
-    def send_event(self, data: str, to: str | None) -> None:
-        ev = json.loads(data)  # events are few (per utterance, per caption): not the audio path
-        if ev.get("type") == "caption" and ev.get("kind") == "sentence":
-            # one transcription segment per sentence, as it starts playing; word captions
-            # stay protocol events (LiveKit UIs render whole segments)
-            self.session.publish_transcription(ev["text"])
-        self.session.publish_event(data.encode(), to)
-        self.session.follow_state(ev)
+    def send_event(self, data: bytes, to: str | None) -> None:
+        kind = _event_type(data)
+        if kind == "caption" and b'"kind":"sentence"' in data:
+            ev = json.loads(data)  # a sentence caption (a few a minute): worth the parse
+            if ev.get("kind") == "sentence":
+                # one transcription segment per sentence, as it starts playing; word captions
+                # stay protocol events (LiveKit UIs render whole segments)
+                self.session.publish_transcription(ev["text"])
+        self.session.publish_event(data, to)
+        self.session.follow_state({"type": kind})
 
     def close(self) -> None:
         if not self.closed:
@@ -302,7 +307,10 @@ class LiveKitSession:
 
     @property
     def listening_on(self) -> bool:
-        return self.room is not None and not self.room.closed and self.room.speaker.barge_in.mode != "off"
+        return self.room is not None and not self.room.closed and self.room.barge_in.mode != "off"
+
+    def make_sink(self, room: Room) -> "LiveKitRoomSink":
+        return LiveKitRoomSink(room, self)
 
     def publish_event(self, payload: bytes, to: str | None) -> None:
         destinations = [] if to is None else [to]
@@ -370,12 +378,6 @@ class LiveKitTransport:
         self.publisher_factory = publisher_factory
         self.source_queue_ms = source_queue_ms
         self.sessions: dict[str, LiveKitSession] = {}
-        self._attaching: LiveKitSession | None = None
-        rooms.sink_factory = self._make_sink
-
-    def _make_sink(self, room: Room) -> LiveKitRoomSink:
-        assert self._attaching is not None and self._attaching.name == room.name, "rooms open through attach()"
-        return LiveKitRoomSink(room, self._attaching)
 
     async def join(self, url: str, token: str, room_name: str, metadata: str = "") -> LiveKitSession:
         """Connect to `room_name` with `token` and start speaking there; `metadata` is the
@@ -399,13 +401,10 @@ class LiveKitTransport:
         if lk_room.isconnected():
             session.identity = lk_room.local_participant.identity
         session.track_sid = await session.publisher.publish_track(track)
-        self._attaching = session
-        try:
-            session.room = self.rooms.get_or_create(room_name)
-        finally:
-            self._attaching = None
+        session.room = self.rooms.open(room_name, session.make_sink)
         session.room.add_peer(PEER_ID, {"id": PEER_ID, "identity": PEER_ID, "transport": "livekit",
                                         "participants": 0})
+        session.room.on_barge_in(lambda _config: self._sync_listening(session))
         session.audio.start()
         session.outbox.start()
         self.sessions[room_name] = session
@@ -430,8 +429,7 @@ class LiveKitTransport:
             # LiveKit enforces canPublishData at the server: a packet that arrived was allowed
             reply = session.room.receive(packet.data, sender or SERVER_SENDER)
             if reply is not None and sender is not None:
-                session.publish_event(_dumps(reply), sender)
-            self._sync_listening(session)  # a `configure` may have turned barge-in on or off
+                session.publish_event(encode_event(reply), sender)
 
         @lk_room.on("track_published")
         def on_published(publication: rtc.RemoteTrackPublication, participant: rtc.RemoteParticipant) -> None:
@@ -473,11 +471,11 @@ class LiveKitTransport:
             room = session.room
             if room is None or room.closed:
                 return
-            room.speaker.drop_sender(participant.identity)  # its queued lines do not outlive it
-            room.peers.get(PEER_ID, {})["participants"] = len(session.participants)
+            room.sender_left(participant.identity)  # its queued lines do not outlive it
+            room.update_peer(PEER_ID, participants=len(session.participants))
             if not session.participants:
                 # everyone left: the core room's grace period decides when the agent leaves
-                room.remove_peer(PEER_ID, self.rooms.close_room)
+                room.remove_peer(PEER_ID)
 
         @lk_room.on("disconnected")
         def on_disconnected(reason=None) -> None:
@@ -538,8 +536,8 @@ class LiveKitTransport:
         session.participants.add(identity)
         if PEER_ID not in room.peers:  # back during the grace period
             room.add_peer(PEER_ID, {"id": PEER_ID, "identity": PEER_ID, "transport": "livekit", "participants": 0})
-        room.peers[PEER_ID]["participants"] = len(session.participants)
-        session.publish_event(_dumps(room.ready_event()), identity)
+        room.update_peer(PEER_ID, participants=len(session.participants))
+        session.publish_event(encode_event(room.ready_event()), identity)
 
     async def leave(self, session: LiveKitSession, flush_s: float = 2.0) -> None:
         if session.leaving:
@@ -548,7 +546,7 @@ class LiveKitTransport:
         session.leaving = True
         room = session.room
         if room is not None and not room.closed:
-            room.peers.pop(PEER_ID, None)  # close_room keeps a room that still has peers
+            room.remove_peer(PEER_ID)  # close_room keeps a room that still has peers
             self.rooms.close_room(room, "disconnect")
         readers = list(session.readers.values())
         session.readers.clear()
@@ -570,15 +568,18 @@ class LiveKitTransport:
 
     async def drain(self, timeout: float) -> None:
         """Stop taking rooms, let what is speaking finish (at most `timeout`), then leave."""
-        self.rooms.draining = True
+        self.rooms.drain()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while loop.time() < deadline and any(
-                s.room is not None and not s.room.speaker.idle for s in self.sessions.values()):
+                s.room is not None and not s.room.idle for s in self.sessions.values()):
             await asyncio.sleep(0.1)  # polling a drain at 10 Hz: no event covers "all rooms idle"
         await asyncio.gather(*(self.leave(s) for s in list(self.sessions.values())), return_exceptions=True)
         await self.rooms.close_all()
 
 
-def _dumps(ev: dict) -> bytes:
-    return json.dumps(ev, ensure_ascii=False, separators=(",", ":")).encode()
+_TYPE_AT = len(b'{"type":"')  # encode_event writes `type` first: an event's kind without parsing it
+
+
+def _event_type(data: bytes) -> str:
+    return data[_TYPE_AT:data.index(b'"', _TYPE_AT)].decode() if data.startswith(b'{"type":"') else ""

@@ -303,19 +303,14 @@ def _check(args) -> None:
 
 
 def _runtime(args):
-    from engines import default_engines
-    from engines.registry import VoiceRegistry
-
-    from ..logs import setup_logging
-    from ..rooms import RoomRegistry
-    from ..settings import load_settings
+    """The agent from the one composition root `serve` uses too (same settings, logging, GC
+    tuning and default-voice warm-up at `start()`), with LiveKit as its transport."""
+    from ..cli import _settings
+    from ..runtime import build_agent
     from .livekit import LiveKitTransport
 
-    settings = load_settings(args.config, voice=args.voice, livekit_url=args.url)
-    setup_logging(settings.log_format, settings.log_level)
-    engines = default_engines(settings)
-    registry = RoomRegistry(settings, VoiceRegistry(engines, settings.voice))
-    return LiveKitTransport(registry), engines
+    agent = build_agent(_settings(args, livekit_url=args.url), embedded=False)
+    return agent, LiveKitTransport(agent.rooms)
 
 
 def _on_sigterm(stop: asyncio.Event) -> None:
@@ -328,12 +323,13 @@ def cmd_worker(args) -> int:
     _check(args)
 
     async def main() -> None:
-        transport, engines = _runtime(args)
+        agent, transport = _runtime(args)
+        await agent.start()
         worker = DispatchWorker(transport, args.url, args.api_key, args.api_secret, agent_name=args.agent_name)
         stop = asyncio.Event()
         _on_sigterm(stop)
         await serve_worker(worker, stop, args.drain_timeout)
-        _close_engines(engines)
+        await agent.close()
 
     asyncio.run(main())
     return 0
@@ -343,7 +339,8 @@ def cmd_join(args) -> int:
     _check(args)
 
     async def main() -> None:
-        transport, engines = _runtime(args)
+        agent, transport = _runtime(args)
+        await agent.start()
         token = join_token(args.api_key, args.api_secret, args.room, args.identity)
         session = await transport.join(args.url, token, args.room)
         print(f"tts-agent: in LiveKit room {args.room!r} as {args.identity!r}", flush=True)
@@ -353,14 +350,7 @@ def cmd_join(args) -> int:
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({left, stopping}, return_when=asyncio.FIRST_COMPLETED)
         await transport.drain(args.drain_timeout)
-        _close_engines(engines)
+        await agent.close()
 
     asyncio.run(main())
     return 0
-
-
-def _close_engines(engines) -> None:
-    for engine in engines:
-        close = getattr(engine, "close", None)
-        if close is not None:
-            close()

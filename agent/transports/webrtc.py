@@ -1,8 +1,10 @@
-"""Embedded rooms over plain WebRTC (aiortc), signalled with WHEP (RFC 9725).
+"""Embedded rooms over plain WebRTC (aiortc), signalled with WHEP (`draft-ietf-wish-whep`,
+the egress twin of WHIP, RFC 9725).
 
 Each room encodes a frame to Opus once and sends the same payload to every peer from the
 clock's tick (`RtpOut`): per peer only the RTP header, SRTP and one `sendto` remain. The
-data channel labelled `tts` carries the room protocol.
+data channel labelled `tts` carries the room protocol. A peer that sends its microphone
+(`sendrecv` audio) is listened to for barge-in.
 """
 
 from __future__ import annotations
@@ -11,18 +13,19 @@ import asyncio
 import logging
 import re
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import aioice.ice
 import numpy as np
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 
 from ..audio import FRAME_SAMPLES
+from ..listening import Listener, Listening
 from ..opus import make_encoder
+from ..protocol import encode_event
 from ..rooms import Room, RoomLimit, RoomRegistry
 from ..settings import Settings, is_loopback
-from .dc_out import send_text
-from .rtp_out import PacketTrack, RtpOut, ntp_now
+from .aiortc_fast import PacketTrack, RtpOut, fast_paths, listen_to, ntp_now, send_text
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +58,14 @@ def configure_ice(settings: Settings) -> None:
 class OpusRoomSink:
     """A room's frames, encoded once, to every peer; its events to the data channels."""
 
-    def __init__(self, room: Room, bitrate: int, application: str = "lowdelay", complexity: int = 0):
+    def __init__(self, room: Room, bitrate: int, application: str = "lowdelay", complexity: int = 0,
+                 on_close=None):
         self.room = room
         self.outputs: dict[str, RtpOut] = {}
         self.channels: dict[str, object] = {}
         self._encoder = make_encoder(bitrate, application, complexity)
         self._next_slot = -1
+        self._on_close = on_close  # the room closed: its sessions end
         self.packets = 0
 
     def send_frame(self, pcm: np.ndarray, slot: int) -> None:
@@ -73,10 +78,10 @@ class OpusRoomSink:
             for out in self.outputs.values():
                 out.send(payload, timestamp, marker, ntp)
 
-    def discard_buffered(self) -> None:
-        pass  # packets go straight to the peers; nothing waits downstream
+    def discard_buffered(self) -> int:
+        return 0  # packets go straight to the peers; nothing waits downstream
 
-    def send_event(self, data: str, to: str | None) -> None:
+    def send_event(self, data: bytes, to: str | None) -> None:
         if to is None:
             for channel in self.channels.values():
                 _send(channel, data)
@@ -91,9 +96,11 @@ class OpusRoomSink:
         self.outputs.clear()
         self.channels.clear()
         self._encoder.close()
+        if self._on_close is not None:
+            self._on_close(self.room)
 
 
-def _send(channel, data: str) -> None:
+def _send(channel, data: bytes) -> None:
     if channel.readyState == "open":
         try:
             send_text(channel, data)
@@ -110,10 +117,10 @@ class WhepSession:
     pc: RTCPeerConnection
     can_publish: bool
     audio: RtpOut | None = None
-    listen_task: asyncio.Task | None = None
+    listener: Listener | None = None
+    listen_task: asyncio.Task | None = None  # reads the microphone where aiortc's RTP tap is off
     connect_deadline: asyncio.TimerHandle | None = None
     closed: bool = False
-    tasks: set = field(default_factory=set)
 
 
 def check_offer(sdp: str) -> None:
@@ -137,23 +144,39 @@ def _opus_only() -> list:
 class WebRTCTransport:
     """Embedded rooms: WHEP sessions in, Opus and data channel events out."""
 
-    def __init__(self, rooms: RoomRegistry, settings: Settings):
+    def __init__(self, rooms: RoomRegistry, settings: Settings, listening: Listening | None = None):
         self.rooms = rooms
         self.settings = settings
         self.sessions: dict[str, WhepSession] = {}
-        rooms.sink_factory = lambda room: OpusRoomSink(
-            room, settings.opus_bitrate, settings.opus_application, settings.opus_complexity)
-        self.on_listen = None  # set by barge-in: (session, remote track) -> None
+        self._ending: set[asyncio.Task] = set()  # sessions being ended in the background
+        self.listening = listening if listening is not None else Listening()  # barge-in: decodes nothing while off
         configure_ice(settings)
+        fast_paths()  # probe aiortc once, at start: one log line says which fast paths are on
+
+    def _make_sink(self, room: Room) -> OpusRoomSink:
+        s = self.settings
+        return OpusRoomSink(room, s.opus_bitrate, s.opus_application, s.opus_complexity, on_close=self._room_closed)
+
+    def _room_closed(self, room: Room) -> None:
+        # a room closed under its peers (it failed, or the agent is shutting down): end their sessions
+        for session in [s for s in self.sessions.values() if s.room is room]:
+            self._end_soon(session)
 
     async def answer(self, room_name: str, offer_sdp: str, identity: str, *, can_publish: bool = True) -> WhepSession:
         check_offer(offer_sdp)
-        room = self.rooms.get_or_create(room_name)
+        room = self.rooms.open(room_name, self._make_sink)
         session_id = secrets.token_urlsafe(12)
         peer_id = f"{identity}#{session_id[:6]}"
-        room.add_peer(peer_id, {"id": peer_id, "identity": identity, "transport": "webrtc"})
         pc = RTCPeerConnection()
         session = WhepSession(session_id, room, peer_id, identity, pc, can_publish)
+        try:
+            room.add_peer(peer_id, {"id": peer_id, "identity": identity, "transport": "webrtc"},
+                          disconnect=lambda: self._end_soon(session))
+        except Exception:
+            await pc.close()
+            if not room.peers:
+                self.rooms.close_room(room)
+            raise
         self.sessions[session_id] = session
         try:
             await self._negotiate(session, offer_sdp)
@@ -166,12 +189,16 @@ class WebRTCTransport:
             ICE_CONNECT_S, lambda: self._expire_unconnected(session))
         return session
 
+    def _end_soon(self, session: WhepSession) -> None:
+        if not session.closed:
+            task = asyncio.ensure_future(self.end(session.id))
+            self._ending.add(task)  # close_all waits for it: the peer hears the DTLS close
+            task.add_done_callback(self._ending.discard)
+
     def _expire_unconnected(self, session: WhepSession) -> None:
         if not session.closed and session.pc.connectionState != "connected":
             log.info("peer never connected", extra={"room": session.room.name, "peer": session.peer_id})
-            task = asyncio.ensure_future(self.end(session.id))
-            session.tasks.add(task)
-            task.add_done_callback(session.tasks.discard)
+            self._end_soon(session)
 
     async def _negotiate(self, session: WhepSession, offer_sdp: str) -> None:
         pc = session.pc
@@ -187,12 +214,12 @@ class WebRTCTransport:
             def on_message(message) -> None:
                 reply = session.room.receive(message, session.peer_id, can_publish=session.can_publish)
                 if reply is not None:
-                    _send(channel, _dumps(reply))
+                    _send(channel, encode_event(reply))
 
             if channel.readyState == "open":
-                _send(channel, _dumps(session.room.ready_event()))
+                _send(channel, encode_event(session.room.ready_event()))
             else:
-                channel.on("open", lambda: _send(channel, _dumps(session.room.ready_event())))
+                channel.on("open", lambda: _send(channel, encode_event(session.room.ready_event())))
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
@@ -201,8 +228,8 @@ class WebRTCTransport:
 
         @pc.on("track")
         def on_track(track) -> None:
-            if track.kind == "audio" and self.on_listen is not None:
-                self.on_listen(session, track)
+            if track.kind == "audio":
+                self._listen(session, track)
 
         if re.search(r"^m=audio", offer_sdp, flags=re.M):
             # Created before the offer is applied, so it takes the first audio section and
@@ -217,6 +244,23 @@ class WebRTCTransport:
         if session.audio is not None:
             sink.outputs[session.peer_id] = session.audio
 
+    def _listen(self, session: WhepSession, track) -> None:
+        """The microphone a WHEP peer sends (`sendrecv` audio), for barge-in."""
+        receiver = next((t.receiver for t in session.pc.getTransceivers() if t.receiver.track is track), None)
+        if receiver is None or session.closed:
+            return
+        self._stop_listening(session)  # a second audio section: the newest one is heard
+        listener = session.listener = self.listening.listen(session.room, session.peer_id)
+        session.listen_task = listen_to(receiver, track, listener.feed_opus, listener.feed_pcm)
+
+    def _stop_listening(self, session: WhepSession) -> None:
+        if session.listen_task is not None:
+            session.listen_task.cancel()
+            session.listen_task = None
+        if session.listener is not None:
+            self.listening.remove(session.listener)
+            session.listener = None
+
     async def end(self, session_id: str) -> bool:
         session = self.sessions.pop(session_id, None)
         if session is None or session.closed:
@@ -230,18 +274,12 @@ class WebRTCTransport:
             sink.channels.pop(session.peer_id, None)
         if session.audio is not None:
             session.audio.stop()
-        if session.listen_task is not None:
-            session.listen_task.cancel()
-        session.room.remove_peer(session.peer_id, self.rooms.close_room)
+        self._stop_listening(session)
+        session.room.remove_peer(session.peer_id)
         log.info("peer left", extra={"room": session.room.name, "peer": session.peer_id})
         await session.pc.close()
         return True
 
     async def close_all(self) -> None:
-        await asyncio.gather(*(self.end(sid) for sid in list(self.sessions)), return_exceptions=True)
+        await asyncio.gather(*(self.end(sid) for sid in list(self.sessions)), *self._ending, return_exceptions=True)
 
-
-def _dumps(ev: dict) -> str:
-    import json
-
-    return json.dumps(ev, ensure_ascii=False, separators=(",", ":"))

@@ -92,18 +92,7 @@ def _default_engine_name(agent: Agent) -> str:
 
 async def clock_error(agent: Agent) -> str | None:
     """Rooms that wait for frames need the frame clock to tick; idle rooms need nothing."""
-    clock = agent.rooms.clock
-    if not clock.subscribers:
-        return None
-    if not clock.running:
-        return f"the frame clock is stopped with {clock.subscribers} rooms waiting for frames"
-    ticks = clock.ticks
-    deadline = time.monotonic() + TICK_TIMEOUT_S
-    while clock.ticks == ticks:
-        if time.monotonic() > deadline or not clock.running:
-            return f"the frame clock did not tick in {TICK_TIMEOUT_S} s"
-        await asyncio.sleep(clock.frame_s / 2)
-    return None
+    return await agent.clock_problem(TICK_TIMEOUT_S)
 
 
 @router.get("/healthz")
@@ -117,7 +106,7 @@ def healthz() -> dict:
 async def readyz(request: Request, agent: Agent = Depends(get_agent)):
     """Ready when the default voice's engine synthesizes a tiny text in time (checked at most
     every few seconds) and the rooms' frame clock ticks."""
-    if agent.rooms.draining:
+    if agent.draining:
         return problem_response(503, "shutting down", code="not_ready")
     loop = asyncio.get_running_loop()
     start = loop.time()
@@ -128,7 +117,7 @@ async def readyz(request: Request, agent: Agent = Depends(get_agent)):
         return problem_response(503, error, code="not_ready", headers={"Retry-After": "5"})
     voice = agent.voices.default_voice
     assert voice is not None  # the engine probe answered
-    return Ready(status="ready", voice=voice.id, engine=voice.engine, rooms=len(agent.rooms.rooms),
+    return Ready(status="ready", voice=voice.id, engine=voice.engine, rooms=len(agent.room_names()),
                  loop_lag_ms=round(lag_ms, 3))
 
 

@@ -7,7 +7,7 @@ import logging
 from fastapi import APIRouter, Body, Depends
 
 from agent.auth import Principal
-from agent.runtime import Agent
+from agent.runtime import Agent, UnknownRoom
 
 from ..deps import ADMIN_REFUSALS, BAD_ROOM, get_agent, rate_limited, require_admin, valid_room
 from ..models import Accepted, InterruptBody, Problem as ProblemOut, RoomSummary, SpeakBody
@@ -22,22 +22,22 @@ router = APIRouter(tags=["rooms"], dependencies=[Depends(valid_room), Depends(re
 _NO_ROOM = BAD_ROOM | {404: {"model": ProblemOut, "description": "no such room (a room exists while a peer is in it)"}}
 
 
-def _room(agent: Agent, room: str):
-    found = agent.rooms.get(room)
-    if found is None:
-        raise Problem(404, f"no room {room!r}: a room exists while a peer is in it", code="unknown_room")
-    return found
+def _no_room(room: str) -> Problem:
+    return Problem(404, f"no room {room!r}: a room exists while a peer is in it", code="unknown_room")
 
 
 @router.get("/v1/rooms", response_model=list[RoomSummary])
 async def list_rooms(agent: Agent = Depends(get_agent)) -> list[dict]:
     """Every open room: its peers, its queue and what it is saying now."""
-    return [r.snapshot() for r in agent.rooms.rooms.values()]
+    return agent.room_snapshots()
 
 
 @router.get("/v1/rooms/{room}", response_model=RoomSummary, responses=_NO_ROOM)
 async def room_detail(room: str, agent: Agent = Depends(get_agent)) -> dict:
-    return _room(agent, room).snapshot()
+    try:
+        return agent.room_snapshot(room)
+    except UnknownRoom:
+        raise _no_room(room) from None
 
 
 @router.post(
@@ -52,9 +52,11 @@ async def room_detail(room: str, agent: Agent = Depends(get_agent)) -> dict:
 async def speak(room: str, body: SpeakBody, agent: Agent = Depends(get_agent),
           principal: Principal = Depends(require_admin)) -> Accepted:
     """The `synthesize` message over HTTP: same validation, same events in the room."""
-    target = _room(agent, room)
-    uid, dropped = agent.speak(target, body.model_dump(exclude_none=True, exclude={"type"}, by_alias=True),
-                               f"http:{principal.identity}")
+    try:
+        uid, dropped = agent.speak(room, body.model_dump(exclude_none=True, exclude={"type"}, by_alias=True),
+                                   f"http:{principal.identity}")
+    except UnknownRoom:
+        raise _no_room(room) from None
     log.info("speak over HTTP", extra={"room": room, "utterance": uid, "identity": principal.identity,
                                        "dropped": dropped})
     return Accepted(id=uid, room=room, status="dropped" if dropped else "queued", reason=dropped)
@@ -68,8 +70,10 @@ async def interrupt(room: str, body: InterruptBody | None = Body(None), agent: A
     """The `interrupt` message over HTTP: with `id` that utterance (404 `unknown_utterance` if it is
     neither queued nor playing), with `from` every utterance of that sender, without either what
     is playing and the whole queue."""
-    target = _room(agent, room)
     data = {} if body is None else body.model_dump(exclude_none=True, exclude={"type"}, by_alias=True)
-    agent.interrupt(target, data)
+    try:
+        agent.interrupt(room, data)
+    except UnknownRoom:
+        raise _no_room(room) from None
     log.info("interrupt over HTTP", extra={"room": room, "utterance": data.get("id")})
     return Accepted(id=data.get("id") or "*", room=room, status="interrupted")

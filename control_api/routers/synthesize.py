@@ -115,14 +115,6 @@ class AudioFileEncoder:
             self._container.close()
 
 
-class _AnyRateResampler(Resampler):
-    """agent.audio.Resampler's streaming conversion, to a rate other than 48 kHz."""
-
-    def __init__(self, in_rate: int, out_rate: int):
-        super().__init__(in_rate)
-        self._swr = av.AudioResampler(format="s16", layout="mono", rate=out_rate)
-
-
 class RateMatch:
     """Engine chunks → PCM at the file's rate. Chunks normally come at the voice's rate; a
     fallback voice of another engine may change it mid-stream."""
@@ -137,12 +129,7 @@ class RateMatch:
         if rate != self._in_rate:
             head = self.flush()
             self._in_rate = rate
-            if rate == self.out_rate:
-                self._resampler = None
-            elif self.out_rate == SAMPLE_RATE:
-                self._resampler = Resampler(rate)
-            else:
-                self._resampler = _AnyRateResampler(rate, self.out_rate)
+            self._resampler = None if rate == self.out_rate else Resampler(rate, self.out_rate)
         out = pcm if self._resampler is None else self._resampler.push(pcm)
         return np.concatenate((head, out)) if len(head) else out
 

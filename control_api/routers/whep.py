@@ -1,4 +1,4 @@
-"""WHEP (RFC 9725): an SDP offer in, `201 Created` with the answer and a session Location out."""
+"""WHEP (`draft-ietf-wish-whep`): an SDP offer in, `201 Created` with the answer and a session Location out."""
 
 from __future__ import annotations
 
@@ -54,8 +54,8 @@ async def whep_offer(room: str, request: Request, agent: Agent = Depends(get_age
         raise Problem(400, "the offer is not UTF-8 text") from None
     _check_share(agent, room, principal.identity)
     try:
-        session = await agent.webrtc.answer(room, offer, principal.identity,
-                                            can_publish=principal.can_publish_data or principal.room_admin)
+        session = await agent.open_whep(room, offer, principal.identity,
+                                        can_publish=principal.can_publish_data or principal.room_admin)
     except OfferError as exc:
         raise Problem(400, str(exc), code="bad_offer") from None
     except RoomLimit as exc:
@@ -64,16 +64,16 @@ async def whep_offer(room: str, request: Request, agent: Agent = Depends(get_age
     log.info("peer joined", extra={"room": room, "peer": session.peer_id, "identity": principal.identity,
                                    "can_publish": session.can_publish})
     # percent-encoded: a room named in any script gives a header that is ASCII and resolves
-    location = f"/v1/rooms/{room_path(room)}/whep/{session.id}"
-    return Response(session.pc.localDescription.sdp, status_code=201, media_type=SDP,
-                    headers={"Location": location, "ETag": f'"{session.id}"'})
+    location = f"/v1/rooms/{room_path(room)}/whep/{session.session_id}"
+    return Response(session.sdp, status_code=201, media_type=SDP,
+                    headers={"Location": location, "ETag": f'"{session.session_id}"'})
 
 
 def _check_share(agent: Agent, room: str, identity: str) -> None:
     """One token (one identity) may not take all of a room's peer slots. Checked right before
     `answer`, which adds the peer before its first await: no second offer slips in between."""
     limit = agent.settings.max_peers_per_identity
-    held = sum(1 for s in agent.webrtc.sessions.values() if s.room.name == room and s.identity == identity)
+    held = agent.whep_sessions_held(room, identity)
     if held >= limit:
         log.warning("WHEP refused: identity over its share", extra={"room": room, "identity": identity})
         raise Problem(429, f"{identity!r} already has {held} sessions in this room, the most allowed "
@@ -85,12 +85,12 @@ def _check_share(agent: Agent, room: str, identity: str) -> None:
 async def whep_delete(room: str, session_id: str, agent: Agent = Depends(get_agent),
                       principal: Principal = Depends(room_principal)) -> Response:
     """End a WHEP session (its `Location`), with the token that opened it or an admin token."""
-    session = agent.webrtc.sessions.get(session_id)
-    if session is None or session.room.name != room:
+    session = agent.whep_session(session_id)
+    if session is None or session.room != room:
         raise Problem(404, "no such WHEP session")
     if session.identity != principal.identity and not principal.room_admin:
         raise Problem(403, "this session belongs to another identity", code="unauthorized")
-    await agent.webrtc.end(session_id)
+    await agent.close_whep(session_id)
     log.info("peer left", extra={"room": room, "peer": session.peer_id, "identity": session.identity})
     return Response(status_code=200)
 

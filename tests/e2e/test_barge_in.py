@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from agent.audio import Resampler
-from agent.listening import Listener, Listening, attach_listening
+from agent.listening import Listener, Listening
 from bench.barge_in import FRAME, MicrophoneTrack, espeak_speech, noise, tone
 from tests.conftest import shared_engines
 
@@ -28,8 +28,7 @@ CODEC_DB = 2.0  # what Opus may add to a loud frame's level, either way
 
 @pytest.fixture
 def listening(running_agent) -> Listening:
-    existing = getattr(running_agent.agent, "listening", None)  # once the runtime wires it in
-    return existing if isinstance(existing, Listening) else attach_listening(running_agent.agent.webrtc)
+    return running_agent.agent.listening
 
 
 @pytest.fixture(scope="module")

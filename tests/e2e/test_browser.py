@@ -126,8 +126,6 @@ async def test_talk_to_interrupt_sends_the_microphone(running_agent, page):
 
 
 async def test_talk_to_interrupt_shows_user_speech(running_agent, open_page, tmp_path):
-    if running_agent.agent.webrtc.on_listen is None:
-        pytest.skip("the agent does not listen to WHEP microphones (barge-in not wired into the runtime)")
     # Chromium's fake microphone plays a file: a sentence the agent's own eSpeak NG voice said
     async with httpx.AsyncClient(base_url=running_agent.base_url, timeout=20) as http:
         resp = await http.post("/v1/synthesize", headers={"Authorization": f"Bearer {running_agent.admin_token()}"},

@@ -1,4 +1,4 @@
-"""`send_text` (agent.transports.dc_out) between two real aiortc peers on loopback: every
+"""`send_text` (agent.transports.aiortc_fast) between two real aiortc peers on loopback: every
 message arrives, in order, also past SCTP's congestion window and mixed with aiortc's own
 `channel.send`; and it falls back to `channel.send` where aiortc's internals are missing."""
 
@@ -10,8 +10,8 @@ import pytest
 from aiortc import RTCPeerConnection
 from aiortc.rtcsctptransport import RTCSctpTransport
 
-from agent.transports import dc_out
-from agent.transports.dc_out import send_text
+from agent.transports import aiortc_fast
+from agent.transports.aiortc_fast import send_text
 
 pytestmark = pytest.mark.e2e
 
@@ -91,17 +91,16 @@ async def test_a_message_over_the_peers_limit_is_refused_like_channel_send(pair)
 
 async def test_without_aiortcs_internals_it_goes_through_channel_send(pair, monkeypatch):
     channel, received = pair
-    monkeypatch.setitem(dc_out._checked, RTCSctpTransport, False)  # as if the check had found them missing
-    calls = []
-    original = channel.send
-    monkeypatch.setattr(channel, "send", lambda data: (calls.append(data), original(data)))
-    send_text(channel, "fallback")
-    await _until(lambda: received)
-    assert received == ["fallback"] and calls == ["fallback"]
-
-
-def test_a_transport_class_without_the_internals_is_found_out():
-    class OtherSctp:  # another aiortc's transport: none of the private names
-        pass
-
-    assert dc_out._has_internals(OtherSctp()) is False
+    # as aiortc would be with the SCTP queue renamed: the real probe runs and finds it missing
+    monkeypatch.setitem(aiortc_fast.PRIVATE, "sctp", [("sctp", "_data_channel_queue_renamed", None)])
+    aiortc_fast.reset_probe()
+    try:
+        assert aiortc_fast.fast_paths().sctp is False
+        calls = []
+        original = channel.send
+        monkeypatch.setattr(channel, "send", lambda data: (calls.append(data), original(data)))
+        send_text(channel, b"fallback")
+        await _until(lambda: received)
+        assert received == ["fallback"] and calls == ["fallback"]
+    finally:
+        aiortc_fast.reset_probe()

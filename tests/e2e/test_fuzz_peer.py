@@ -54,7 +54,8 @@ async def wait_for(predicate, timeout: float = 20) -> None:
 
 @pytest.fixture
 async def agent():
-    running = await start_agent(Settings(max_text_chars=MAX_TEXT, room_grace_s=0))
+    # 300 hostile messages at once, each to be answered: past a real client's message budget
+    running = await start_agent(Settings(max_text_chars=MAX_TEXT, room_grace_s=0, peer_message_burst=N_MESSAGES + 100))
     try:
         yield running
     finally:

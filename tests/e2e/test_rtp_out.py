@@ -1,4 +1,4 @@
-"""The agent's own RTP sending (`agent.transports.rtp_out`), checked at a real aiortc peer:
+"""The agent's own RTP sending (`agent.transports.aiortc_fast`), checked at a real aiortc peer:
 the direct path builds headers itself, so the wire format is asserted field by field."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from agent.client import decode_opus, rms_db
-from agent.transports.rtp_out import RtpOut
+from agent.transports.aiortc_fast import RtpOut
 
 pytestmark = pytest.mark.e2e
 
