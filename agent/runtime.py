@@ -54,6 +54,11 @@ class Agent:
         cmd = parse_command({"type": "interrupt", **body}, max_text_chars=self.settings.max_text_chars)
         room.speaker.interrupt(cmd.id)
 
+    def pause(self, room: Room, body: dict) -> None:
+        """The HTTP form of `pause` / `resume` (body {"type": ...}): the data channel's path."""
+        cmd = parse_command(body, max_text_chars=self.settings.max_text_chars)
+        room.speaker.handle(cmd)
+
     async def close(self) -> None:
         self.rooms.draining = True
         if self._warming is not None:
