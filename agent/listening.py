@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Literal
 import av
 import numpy as np
 
+from .echo import EchoCanceller, FarEnd
 from .protocol import event
 from .vad import CHUNK_MS, CHUNK_SAMPLES, SAMPLE_RATE, VadStream, VadUnavailable, load_model
 
@@ -127,6 +128,8 @@ class ListenerStats:
     decode_errors: int = 0
     samples_16k: int = 0  # audio that reached the VAD's input buffer
     vad_calls: int = 0
+    cancellers_created: int = 0
+    echo_frames: int = 0  # 10 ms frames the echo canceller processed (not passed through)
     onsets: int = 0
     cpu_s: float = 0.0  # thread CPU spent decoding, resampling and running the VAD
 
@@ -143,6 +146,7 @@ class RoomListening:
         self.talking: set[str] = set()
         self.unconfirmed: set[str] = set()  # talking, not yet long enough to interrupt
         self.ducked = False
+        self.far_end = FarEnd(room)  # what the room sent: the echo cancellers' reference
 
     def speech_started(self, participant: str, confirmed: bool = True) -> None:
         self.talking.add(participant)
@@ -198,6 +202,8 @@ class Listener:
         self.closed = False
         self._decoder: av.CodecContext | None = None
         self._resampler: Downsampler | None = None
+        self._echo: EchoCanceller | None = None
+        self._echo_broken = False  # no audio processing module here: listen without it
         self._vad: VadStream | None = None
         self._chunk = np.zeros(CHUNK_SAMPLES, np.int16)  # VAD input being filled, reused
         self._fill = 0
@@ -262,7 +268,27 @@ class Listener:
         for block in self._resampler.push(frame):
             self._push(block)
 
+    def _cancel_echo(self, samples: np.ndarray) -> np.ndarray:
+        if not self.room.speaker.barge_in.echo_cancel or self._echo_broken:
+            if self._echo is not None:
+                self._echo.close()
+                self._echo = None
+            return samples
+        if self._echo is None:
+            try:
+                self._echo = EchoCanceller(self.room_listening.far_end)
+            except Exception as exc:  # an SDK without the module: the VAD still runs
+                log.error("barge-in listens without echo cancellation: %s", exc)
+                self._echo_broken = True
+                return samples
+            self.stats.cancellers_created += 1
+        before = self._echo.frames
+        out = self._echo.process(samples)
+        self.stats.echo_frames += self._echo.frames - before
+        return out
+
     def _push(self, samples: np.ndarray) -> None:
+        samples = self._cancel_echo(samples)
         self.stats.samples_16k += len(samples)
         i = 0
         while i < len(samples):
@@ -322,6 +348,9 @@ class Listener:
         self._decoder = None
         self._resampler = None
         self._vad = None
+        if self._echo is not None:
+            self._echo.close()
+            self._echo = None
         self._fill = 0
         if self.gate.talking:
             self.gate.reset()

@@ -54,6 +54,7 @@ class Room:
         self.phase = 0  # set by the clock on subscribe
         self.frames_sent = 0
         self._subscribed = False
+        self.output_taps: list[Callable[[np.ndarray, int], None]] = []  # (frame, slot): echo cancellers' far end
         self._close_timer: asyncio.TimerHandle | None = None
         self.closed = False
         self.speaker = Speaker(
@@ -120,6 +121,8 @@ class Room:
         if frame is None:
             return False
         self.sink.send_frame(frame, slot)
+        for tap in self.output_taps:
+            tap(frame, slot)
         self.last_slot = slot
         self.frames_sent += 1
         return True

@@ -213,7 +213,7 @@ async def feed_paced(listener, pcm: np.ndarray) -> None:
         await asyncio.sleep(FRAME_48K / 48_000)
 
 
-SHORT_TEXT = "The agent says a few words about the weather, and then it stops."
+SHORT_TEXT = "The agent says a few words about the weather, about the wind and the rain, and then it stops."
 
 
 async def played_undisturbed(registry) -> np.ndarray:
@@ -234,7 +234,10 @@ async def test_an_interjection_pauses_and_resumes_and_every_sample_is_played_onc
     room.speaker.barge_in = barge("interrupt")
     room.receive({"type": "synthesize", "id": "u", "text": SHORT_TEXT, "voice": "espeak:en-us"}, "bot")
     await room.sink.wait("started", id="u")
-    await feed_paced(Listening().listen(room, "alice"), np.concatenate([interjection, PAUSE]))
+    # the microphone sends its room's noise first: what the echo canceller needs to find that
+    # this participant sends no echo back (a headset), before the interjection
+    lead_in = noise(-50, 1.6)
+    await feed_paced(Listening().listen(room, "alice"), np.concatenate([lead_in, interjection, PAUSE]))
     await room.sink.wait("finished", id="u")
 
     sink = room.sink
