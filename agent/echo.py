@@ -9,9 +9,12 @@ processing module as the livekit SDK ships it (AEC3 + high-pass filter), fed the
 slot by slot in step with the wall clock and that participant's audio as it arrives.
 
 Whether a participant sends echo at all is measured, not assumed: `EchoPath` correlates the
-level envelopes (10 ms log energies) of the far end and of what the participant sends, over
-lags up to 600 ms. Echo shows as a clear peak (correlation ≥ 0.5 at −30 dB and 250 ms; a
-headset or a client with its own echo cancellation stays near 0.1), at the echo path's delay.
+level envelopes (10 ms log energies) of the far end, while it talks, and of what the
+participant sends, over lags up to 600 ms. Echo shows as a clear peak at the echo path's
+delay (0.75-0.95 at −6 to −20 dB; a headset, or a client with its own echo cancellation,
+sends a flat level or ~0.1), measured per participant. A person who starts talking within
+the agent's first second is ambiguous (two voices starting from silence correlate): until the
+verdict such speech goes through the canceller, damped.
 The VAD hears the canceller's output only for a participant with echo (or before the first
 verdict, ~1.2 s into the agent's speech: the agent must not interrupt itself): on a signal
 without echo, AEC3 damps the person's own speech by ~10 dB in its first seconds and Silero
@@ -45,7 +48,7 @@ APM_SAMPLES = RATE // 100  # the APM takes exactly 10 ms per call
 SLOT_SAMPLES = FRAME_SAMPLES // 3  # a 20 ms slot at 16 kHz
 KEEP_SLOTS = 64  # far-end history kept per room (1.28 s): more than a listener lags behind
 TAIL_SLOTS = 40  # 800 ms after the room's last frame no echo of it can still arrive
-MAX_LAG_SLOTS = 25  # a listener this far behind the clock (a stalled loop) skips ahead
+MAX_LAG_SLOTS = 50  # capture counted this far behind the clock (1 s: lost audio): re-anchor
 
 ENV_WINDOW = 150  # 10 ms frames correlated (1.5 s)
 MIN_WINDOW = 60  # a first verdict from this many (0.6 s, after ENV_LAGS of history)
@@ -53,9 +56,13 @@ ENV_LAGS = 60  # 0..600 ms of echo path delay
 ENV_EVERY = 10  # frames between two estimates (100 ms)
 ACTIVE_DB = 35.0  # a far-end frame louder than this (10·log10 of the mean square + 1) is speech
 MIN_ACTIVE = 40  # far-end speech frames a window needs before it says anything (0.4 s)
-ECHO_CORR = 0.6  # this correlation or more, ECHO_HITS estimates in a row at one delay: echo
-ECHO_HITS = 3  # (two people's speech envelopes can reach ~0.55 at some lag by chance)
+TALK_GAP = 15  # far-end frames quieter than ACTIVE_DB but this close to speech still count as talk
+FLAT_DB = 1.0  # a capture level varying less than this (standard deviation) carries no echo
+ECHO_CORR = 0.7  # this correlation or more, ECHO_HITS estimates in a row at one delay: echo
+ECHO_HITS = 3  # (two voices' envelopes reach ~0.65 at some lag by chance; echo at -20 dB ~0.75-0.95)
 NO_ECHO_CORR = 0.3  # less than this: no echo (between the two: no change)
+FIRST_NO_ECHO_CORR = 0.45  # the first verdict: echo alone measures ≥ 0.7, so a person talking
+# over a device without echo (≤ ~0.5) is let through sooner
 FORGET_ESTIMATES = 100  # this many "no echo" estimates in a row (10 s of talk) undo an "echo"
 
 # 48 → 16 kHz: a windowed-sinc low-pass (cut-off 7 kHz) applied at every third sample
@@ -160,14 +167,24 @@ class EchoPath:
 
     def _estimate(self, window: int) -> None:
         cap = self._cap[-window:]
-        # row L: the far end L frames before each capture frame
-        refs = sliding_window_view(self._ref[-(window + ENV_LAGS - 1):], window)[::-1]
-        if (refs[0] > ACTIVE_DB).sum() < MIN_ACTIVE and (refs[-1] > ACTIVE_DB).sum() < MIN_ACTIVE:
+        span = window + ENV_LAGS - 1
+        # only while the agent talks (pauses between its words included): the step from a
+        # silent room to speech would otherwise correlate with any sound that starts later
+        talking = np.convolve(self._ref > ACTIVE_DB, np.ones(2 * TALK_GAP + 1), "same")[-span:] > 0
+        # row L: the far end L frames before each capture frame, and where it was talking
+        refs = sliding_window_view(self._ref[-span:], window)[::-1]
+        w = sliding_window_view(talking, window)[::-1].astype(np.float64)
+        n = w.sum(axis=1)
+        if n.max() < MIN_ACTIVE:
             return  # the agent hardly spoke in this window: nothing to learn
-        rc = refs - refs.mean(axis=1, keepdims=True)
-        cc = cap - cap.mean()
-        denom = np.sqrt((rc * rc).sum(axis=1) * float(cc @ cc))
-        corr = np.divide(rc @ cc, denom, out=np.zeros(ENV_LAGS), where=denom > 0)
+        safe_n = np.maximum(n, 1.0)
+        rc = (refs - (refs * w).sum(axis=1, keepdims=True) / safe_n[:, None]) * w
+        cc = (cap - (cap * w).sum(axis=1, keepdims=True) / safe_n[:, None]) * w
+        cap_var = (cc * cc).sum(axis=1)
+        denom = np.sqrt((rc * rc).sum(axis=1) * cap_var)
+        # a flat capture level (silence, steady noise) carries no echo
+        usable = (n >= MIN_ACTIVE) & (cap_var >= safe_n * FLAT_DB ** 2) & (denom > 0)
+        corr = np.divide((rc * cc).sum(axis=1), denom, out=np.zeros(ENV_LAGS), where=usable)
         lag = int(np.argmax(corr))
         self.correlation = float(corr[lag])
         if self.correlation >= ECHO_CORR:
@@ -177,9 +194,11 @@ class EchoPath:
                 self.echo, self.delay_ms, self._misses = True, lag * 10, 0
             return
         self._hits = 0
-        if self.correlation < NO_ECHO_CORR:
+        if self.echo is None and self.correlation < FIRST_NO_ECHO_CORR:
+            self.echo = False
+        elif self.correlation < NO_ECHO_CORR:
             self._misses += 1
-            if self.echo is None or self._misses >= FORGET_ESTIMATES:
+            if self._misses >= FORGET_ESTIMATES:
                 self.echo = False
 
 
@@ -193,13 +212,14 @@ class EchoCanceller:
         from livekit import rtc
 
         self.far_end = far_end
-        self.apm = apm(echo_cancellation=True, high_pass_filter=True)
+        self.apm = apm(echo_cancellation=True, high_pass_filter=True, noise_suppression=True)
         self._rev = rtc.AudioFrame.create(RATE, 1, APM_SAMPLES)
         self._cap = rtc.AudioFrame.create(RATE, 1, APM_SAMPLES)
         self._rev_pcm = np.frombuffer(self._rev.data, np.int16)
         self._cap_pcm = np.frombuffer(self._cap.data, np.int16)
         self._fill = 0
         self._next_slot: int | None = None  # the next far-end slot to hand the APM
+        self._cap_tick: int | None = None  # the capture timeline, in 10 ms ticks of the room's clock
         self._ref_env = 0.0  # level of the far end handed over last
         self._raw = np.zeros(APM_SAMPLES, np.int16)
         self.path = EchoPath()
@@ -229,7 +249,18 @@ class EchoCanceller:
     def _frame(self) -> np.ndarray:
         """One 10 ms frame (in `_cap_pcm`): returns what the VAD gets."""
         far = self.far_end
-        done = far.slot_now() - 1  # the newest slot whose frame has surely been sent
+        # When this frame was captured, on the room's clock: counted in audio from an anchor,
+        # not taken from when it arrived, so network and loop jitter do not move the far end
+        # against it (AEC3 re-converges after every jump of the delay it sees). The anchor
+        # follows the earliest arrival; lost audio or a stall re-anchors it.
+        now = far.slot_now()
+        tick = self._cap_tick
+        if tick is None or tick < 2 * (now - MAX_LAG_SLOTS):
+            tick = 2 * now
+        elif tick > 2 * now + 1:
+            tick = 2 * now + 1
+        self._cap_tick = tick + 1
+        done = tick // 2 - 1  # the far end up to the slot before it: sent, and played before the echo
         if not far.speaking(done):
             self._next_slot = None  # no echo possible: pass through, rejoin at the next talkspurt
             self.bypassed += 1

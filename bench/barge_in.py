@@ -133,6 +133,17 @@ class MicrophoneTrack(MediaStreamTrack):
             wait = self._t0 + self._pts / RATE - time.perf_counter()
             if wait > 0:
                 await asyncio.sleep(wait)
+        pcm = self._mix(self._next_clip_frame())
+        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = RATE, self._pts, _TIME_BASE
+        self._pts += FRAME
+        self.frames += 1
+        return frame
+
+    def _mix(self, pcm: np.ndarray) -> np.ndarray:
+        return pcm  # what else the microphone picks up (EchoMicrophone: the loudspeaker)
+
+    def _next_clip_frame(self) -> np.ndarray:
         pcm = np.zeros(FRAME, np.int16)
         if self._clips:
             clip = self._clips[0]
@@ -146,11 +157,63 @@ class MicrophoneTrack(MediaStreamTrack):
                 self._offset = 0
                 clip.ended = time.perf_counter()
                 clip.done.set()
-        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate, frame.pts, frame.time_base = RATE, self._pts, _TIME_BASE
-        self._pts += FRAME
-        self.frames += 1
-        return frame
+        return pcm
+
+
+class EchoMicrophone(MicrophoneTrack):
+    """A device without echo cancellation: its microphone picks up what its loudspeaker plays
+    (the agent's audio as the client received it) `delay_ms` later at `gain_db`, over noise
+    at `noise_db` dBFS, plus the clips a person says (`play`). Set `client` once the
+    RoomClient exists: its received packets are what the loudspeaker plays."""
+
+    def __init__(self, delay_ms: float, gain_db: float, noise_db: float = -50.0, seed: int = 0) -> None:
+        super().__init__()
+        self.delay_s = delay_ms / 1000
+        self.gain = 10 ** (gain_db / 20)
+        self.noise_rms = 10 ** (noise_db / 20) * 32768
+        self.client = None
+        self._rng = np.random.default_rng(seed)
+        self._decoder = av.CodecContext.create("libopus", "r")
+        self._decoder.sample_rate, self._decoder.layout = RATE, "mono"
+        self._seen = 0  # packets of the client already placed on the loudspeaker's timeline
+        self._echo = np.zeros(RATE * 4, np.float32)  # the loudspeaker, from sample _echo_start on
+        self._echo_start = 0
+        self._ts0: int | None = None  # RTP timestamp of the first packet played …
+        self._pos0 = 0  # … and where on the microphone's timeline it was played
+
+    def _place(self, pos: int, pcm: np.ndarray) -> None:
+        end = pos + len(pcm) - self._echo_start
+        if end > len(self._echo):
+            self._echo = np.concatenate([self._echo, np.zeros(max(end - len(self._echo), RATE * 4), np.float32)])
+        self._echo[pos - self._echo_start:end] += pcm
+
+    def _pull(self) -> None:
+        packets = self.client.packets if self.client is not None else []
+        if self._seen > len(packets):  # the list was cleared
+            self._seen = 0
+        for p in packets[self._seen:]:
+            pcm = np.concatenate([f.to_ndarray().reshape(-1) for f in self._decoder.decode(av.Packet(p.payload))]
+                                 or [np.zeros(0, np.int16)]).astype(np.float32)
+            # a jitter buffer plays each packet at its RTP timestamp, a fixed delay after the
+            # first one arrived: the echo path's delay stays put however packets arrive
+            if self._ts0 is None:
+                self._ts0, self._pos0 = p.timestamp, int((p.arrival - self._t0 + self.delay_s) * RATE)
+            ahead = (p.timestamp - self._ts0) & 0xFFFFFFFF
+            pos = self._pos0 + (ahead - (1 << 32) if ahead >= 1 << 31 else ahead)
+            if pos >= self._echo_start:
+                self._place(pos, pcm)
+        self._seen = len(packets)
+
+    def _mix(self, pcm: np.ndarray) -> np.ndarray:
+        self._pull()
+        lo = self._pts - self._echo_start
+        echo = self._echo[lo:lo + FRAME]
+        out = pcm.astype(np.float32) + self._rng.standard_normal(FRAME).astype(np.float32) * self.noise_rms
+        out[:len(echo)] += echo * self.gain
+        if lo > RATE * 2:  # forget what was played long ago
+            self._echo = self._echo[lo:].copy()
+            self._echo_start += lo
+        return np.clip(out, -32768, 32767).astype(np.int16)
 
 
 # -- the benchmark ---------------------------------------------------------------------------
