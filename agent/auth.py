@@ -6,10 +6,16 @@ Several key pairs may be configured (rotation): the token's issuer picks the sec
 from __future__ import annotations
 
 import datetime
+import time
 from dataclasses import dataclass
 
 import jwt
 from livekit import api
+
+from .room_names import check_room_name
+
+
+LIFETIME_LEEWAY_S = 60  # clocks of the minting and the verifying host may differ
 
 
 class AuthError(Exception):
@@ -28,12 +34,14 @@ class Principal:
     room_admin: bool
     can_subscribe: bool
     can_publish_data: bool
+    issuer: str = ""  # the API key that signed it
 
 
 class TokenAuthority:
-    def __init__(self, keys: dict[str, str]):
+    def __init__(self, keys: dict[str, str], max_ttl_s: float = 7 * 86400):
         assert keys, "at least one API key pair"
         self.keys = dict(keys)
+        self.max_ttl_s = max_ttl_s  # a leaked token must not work for years, whatever it says
         self.primary_key = next(iter(self.keys))
 
     def mint(
@@ -48,6 +56,8 @@ class TokenAuthority:
         can_publish_data: bool = True,
         room_config=None,
     ) -> str:
+        if room:
+            check_room_name(room)
         grants = api.VideoGrants(
             room_join=bool(room) or None,
             room=room,
@@ -87,6 +97,7 @@ class TokenAuthority:
             raise AuthError(401, f"the token is invalid: {exc}") from None
         except Exception as exc:  # malformed grants
             raise AuthError(401, f"the token is invalid: {exc}") from None
+        self._check_lifetime(token)
         video = claims.video or api.VideoGrants()
         if not isinstance(video.room or "", str):
             raise AuthError(401, "the token is invalid: video.room is not a string")
@@ -100,7 +111,13 @@ class TokenAuthority:
             room_admin=video.room_admin is True,
             can_subscribe=video.can_subscribe is not False,
             can_publish_data=video.can_publish_data is not False,
+            issuer=issuer,
         )
+
+    def _check_lifetime(self, token: str) -> None:
+        exp = jwt.decode(token, options={"verify_signature": False}).get("exp")
+        if not isinstance(exp, (int, float)) or exp - time.time() > self.max_ttl_s + LIFETIME_LEEWAY_S:
+            raise AuthError(401, f"the token lives longer than the {self.max_ttl_s:g} s this agent accepts")
 
     def for_room(self, token: str, room: str) -> Principal:
         """A token that may join `room`: a room token for it, or an admin token for it or for all rooms."""

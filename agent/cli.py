@@ -102,7 +102,7 @@ def _register_optional(sub, vsub) -> None:
     """Subcommands that live in their own modules (LiveKit worker, chat bridges, voice pull)."""
     import importlib
 
-    for module, attr in (("agent.transports.livekit_cli", "register"), ("agent.bridges.cli", "register"),
+    for module, attr in (("agent.transports.livekit_cli", "register"), ("bridges.cli", "register"),
                          ("engines.piper_cli", "register")):
         try:
             register = getattr(importlib.import_module(module), attr)

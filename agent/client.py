@@ -16,6 +16,8 @@ import numpy as np
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
+from .room_names import room_path
+
 
 def tap_rtp(pc: RTCPeerConnection, track, on_packet, *, forward: bool = True) -> None:
     """Call `on_packet(rtp_packet)` as each RTP packet of `track` arrives, before aiortc's
@@ -79,7 +81,7 @@ class RoomClient:
 
         await pc.setLocalDescription(await pc.createOffer())
         resp = await self._http.post(
-            f"/v1/rooms/{self.room}/whep",
+            f"/v1/rooms/{room_path(self.room)}/whep",
             content=pc.localDescription.sdp,
             headers={"Content-Type": "application/sdp", "Authorization": f"Bearer {self.token}"},
         )

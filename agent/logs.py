@@ -8,12 +8,22 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 
 # LogRecord attributes that are not context the caller added with `extra=`
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 # extras that are presentation, not context (uvicorn's ANSI-coloured copy of the message)
 _IGNORED = {"color_message"}
+
+
+# C0, DEL, C1, line/paragraph separators, bidi overrides: what can forge or hide a log line
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def escape_controls(text: str) -> str:
+    """`text` on one visible line: each unsafe character as its Python escape (`\\n`, `\\x00`)."""
+    return _UNSAFE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 def context(record: logging.LogRecord) -> dict:
@@ -43,13 +53,26 @@ class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape_controls(record.message)  # a name or text from a client
+        return super().formatMessage(record)
+
+    def formatException(self, ei) -> str:
+        # indented: no line of a traceback (its message may quote a client) looks like a record
+        lines = super().formatException(ei).split("\n")
+        return "\n".join("  " + escape_controls(line) for line in lines)
+
+    def formatStack(self, stack_info: str) -> str:
+        return "\n".join("  " + escape_controls(line) for line in stack_info.split("\n"))
+
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         ctx = context(record)
         if not ctx:
             return line
         head, sep, tail = line.partition("\n")  # keep a traceback below the context
-        return head + " " + " ".join(f"{k}={v}" for k, v in ctx.items()) + sep + tail
+        pairs = " ".join(f"{k}={escape_controls(str(v))}" for k, v in ctx.items())
+        return head + " " + pairs + sep + tail
 
 
 def setup_logging(fmt: str = "text", level: str = "INFO") -> None:

@@ -11,7 +11,7 @@ import time
 from enum import Enum
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 64 * 1024
@@ -54,6 +54,8 @@ class DanmuRules(_Message):
     max_wait_s: float | None = Field(None, gt=0, le=86_400)
     blocked_words: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(None, max_length=1000)
     template: str | None = Field(None, min_length=1, max_length=500)
+    summary: str | None = Field(None, min_length=1, max_length=500)  # "and {n} more messages"
+    max_speed: float | None = Field(None, ge=0.5, le=2.0)
 
 
 class BargeIn(_Message):
@@ -95,6 +97,15 @@ class Append(_Message):
 class Interrupt(_Message):
     type: Literal["interrupt"] = "interrupt"
     id: UtteranceId | None = None
+    from_: str | None = Field(None, alias="from", min_length=1, max_length=200)  # every utterance of this sender
+
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _one_target(self):
+        if self.id is not None and self.from_ is not None:
+            raise ValueError("give `id` or `from`, not both")
+        return self
 
 
 class Pause(_Message):

@@ -18,6 +18,7 @@ from engines.registry import VoiceRegistry
 
 from . import metrics
 from .clock import FrameClock
+from .queue_caps import QueueCaps
 from .protocol import ErrorCode, ProtocolError, error_event, event, parse_command, PROTOCOL_VERSION
 from .settings import Settings
 from .speaker import Speaker
@@ -60,6 +61,7 @@ class Room:
         self.speaker = Speaker(
             name, voices, self, voice=settings.voice, speed=settings.speed, danmu=settings.danmu,
             barge_in=settings.barge_in, max_text_chars=settings.max_text_chars,
+            caps=QueueCaps.from_settings(settings),
         )
         self.speaker.on_idle = self._on_idle
         self.sink: RoomSink = sink_factory(self)
@@ -148,6 +150,8 @@ class Room:
         if self.peers.pop(peer_id, None) is None:
             return
         metrics.PEERS.dec()
+        if not self.closed:
+            self.speaker.drop_sender(peer_id)  # its queue does not outlive it
         if not self.peers and not self.closed:
             loop = asyncio.get_running_loop()
             self._close_timer = loop.call_later(self.settings.room_grace_s, on_empty, self)

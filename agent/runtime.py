@@ -27,7 +27,7 @@ class Agent:
         self._owns_engines = engines is None  # engines passed in are shared: the caller closes them
         self.engines = engines if engines is not None else default_engines(settings)
         self.voices = VoiceRegistry(self.engines, settings.voice)
-        self.tokens = TokenAuthority(settings.keys)
+        self.tokens = TokenAuthority(settings.keys, settings.max_token_ttl_s)
         self.rooms = RoomRegistry(settings, self.voices)
         self.webrtc = WebRTCTransport(self.rooms, settings)
         self.listening = attach_listening(self.webrtc)  # barge-in: decodes nothing while off
@@ -52,7 +52,7 @@ class Agent:
 
     def interrupt(self, room: Room, body: dict) -> None:
         cmd = parse_command({"type": "interrupt", **body}, max_text_chars=self.settings.max_text_chars)
-        room.speaker.interrupt(cmd.id)
+        room.speaker.interrupt(cmd.id, sender=cmd.from_)
 
     def pause(self, room: Room, body: dict) -> None:
         """The HTTP form of `pause` / `resume` (body {"type": ...}): the data channel's path."""

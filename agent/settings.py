@@ -18,6 +18,7 @@ from .protocol import BargeIn, DanmuRules
 
 DEV_KEY = "devkey"
 DEV_SECRET = "secret"
+MIN_SECRET_BYTES = 32
 
 
 def is_loopback(host: str) -> bool:
@@ -39,6 +40,14 @@ class Settings(BaseSettings):
     # ICE host candidates offered to peers; empty: follow --host (loopback only on loopback).
     ice_addresses: list[str] = Field(default_factory=list)
     public_url: str | None = None  # how clients reach the control plane (printed, returned with tokens)
+    # Host header names accepted besides the listen address (and loopback names on loopback); "*": any
+    allowed_hosts: list[str] = Field(default_factory=list)
+    # origins of web apps that may call the API from a browser (CORS); none: same-origin only
+    cors_origins: list[str] = Field(default_factory=list)
+    # longest token lifetime accepted (exp - now), even for a valid signature
+    max_token_ttl_s: int = Field(7 * 86400, ge=60)
+    # tests only: accept API secrets shorter than 32 bytes (still loopback only)
+    allow_short_secrets: bool = False
 
     voice: str | None = None  # default voice id or language tag; None: best English voice
     speed: float = Field(1.0, ge=0.5, le=2.0)
@@ -52,6 +61,12 @@ class Settings(BaseSettings):
     body_timeout_s: float = Field(10.0, gt=0)  # a request body must arrive within this
     max_rooms: int = Field(500, ge=1)
     max_peers_per_room: int = Field(50, ge=1)
+    max_peers_per_identity: int = Field(5, ge=1)  # WHEP sessions one identity (token) may hold in a room
+    # always-on queue caps (agent/queue_caps.py): over one, the sender gets `queue_full`
+    max_queue_per_room: int = Field(256, ge=1)
+    max_queue_chars_per_room: int = Field(200_000, ge=1)
+    max_queue_per_sender: int = Field(64, ge=1)
+    max_queue_chars_per_sender: int = Field(50_000, ge=1)
     room_grace_s: float = Field(30.0, ge=0)
     rate_limit_per_min: int = Field(600, ge=1)  # per token/IP on speak, synthesize and WHEP
     opus_bitrate: int = Field(32_000, ge=6_000, le=510_000)
@@ -89,8 +104,18 @@ class Settings(BaseSettings):
                 "set TTS_AGENT_API_KEYS='{\"<key>\": \"<secret>\"}' (or api_keys in the config file)"
             )
         for key, secret in self.api_keys.items():
-            if len(secret) < 16 and not is_loopback(self.host):
-                raise ValueError(f"the secret of API key {key!r} is shorter than 16 characters")
+            # HS256 with a short secret is recovered from one token by brute force
+            if len(secret.encode()) < MIN_SECRET_BYTES and not (self.allow_short_secrets and is_loopback(self.host)):
+                raise ValueError(f"the secret of API key {key!r} is shorter than {MIN_SECRET_BYTES} bytes "
+                                 "(allow_short_secrets is for tests on loopback only)")
+        return self
+
+    @model_validator(mode="after")
+    def _queue_caps_fit_one_message(self) -> "Settings":
+        for name in ("max_queue_chars_per_room", "max_queue_chars_per_sender"):
+            if getattr(self, name) < self.max_text_chars:
+                raise ValueError(f"{name} ({getattr(self, name)}) is below max_text_chars ({self.max_text_chars}): "
+                                 "a message of the longest allowed text could never be queued")
         return self
 
     @property

@@ -24,6 +24,7 @@ from engines.text import complete_prefix
 from . import metrics
 from .audio import FADE_SAMPLES, FRAME_SAMPLES, SAMPLE_RATE, PcmBuffer, Resampler, fade_in, fade_out
 from .danmu import DanmuPolicy
+from .queue_caps import QueueCaps
 from .protocol import (
     PRIORITY_RANK,
     Append,
@@ -43,6 +44,8 @@ from .protocol import (
 log = logging.getLogger(__name__)
 
 AHEAD_SAMPLES = SAMPLE_RATE * 3 // 2  # synthesis runs at most 1.5 s ahead of playout
+SPEED_STEP = 0.1  # danmu max_speed: the reading speed moves at most this much from one line to the next
+FULL_SPEED_BACKLOG = 10  # ... and reaches max_speed with this many lines waiting (or max_queue)
 RECENT_IDS = 4096  # ids remembered for duplicate detection
 SYNTH_STALL_S = 10.0  # no audio from the engine for this long: engine_error
 
@@ -76,7 +79,7 @@ class Utterance:
     __slots__ = (
         "id", "text", "voice", "speed", "priority", "rank", "seq", "sender", "final", "received",
         "enqueued", "buffer", "marks", "producer", "synth_done", "played", "started", "more",
-        "space", "waiting_space", "error",
+        "space", "waiting_space", "error", "owner",
     )
 
     def __init__(self, id: str, text: str, voice: Voice, speed: float, priority: str, seq: int,
@@ -102,6 +105,7 @@ class Utterance:
         self.space = asyncio.Event()  # playout made room in the buffer
         self.waiting_space = False
         self.error: str | None = None
+        self.owner: str | None = None  # who handed it in (peer or http:identity), for queue caps
 
     @property
     def key(self) -> tuple[int, int]:
@@ -126,6 +130,7 @@ class Speaker:
         max_text_chars: int = 5000,
         word_captions: bool = True,
         clock: Callable[[], float] = time.monotonic,
+        caps: QueueCaps | None = None,
     ):
         self.room = room
         self.voices = voices
@@ -136,6 +141,7 @@ class Speaker:
         self.danmu = DanmuPolicy(danmu, clock)
         self.barge_in = barge_in or BargeIn()
         self.max_text_chars = max_text_chars
+        self.caps = caps or QueueCaps()
         self.word_captions = word_captions
         self.queue: list[Utterance] = []  # sorted by (rank, seq)
         self.current: Utterance | None = None
@@ -154,6 +160,9 @@ class Speaker:
         self._fade_in = False  # the next frame resumes audio that was cut with the fade
         self.on_idle: Callable[[], None] | None = None
         self.closed = False
+        self._summary_n = 0  # lines dropped for queue_full since the last summary line
+        self._read_since_summary = 0
+        self._pace: float | None = None  # danmu max_speed: the speed of the last line read in this run
 
     # -- commands ------------------------------------------------------------------------
 
@@ -168,7 +177,7 @@ class Speaker:
             self.append(cmd)
             return None
         if isinstance(cmd, Interrupt):
-            self.interrupt(cmd.id, received=received)
+            self.interrupt(cmd.id, received=received, sender=cmd.from_)
             return None
         if isinstance(cmd, Pause):
             self.pause(now=cmd.now)
@@ -196,6 +205,9 @@ class Speaker:
                 uid = f"u{next(self._auto_id)}"
         elif uid in self._recent_ids:
             raise ProtocolError(ErrorCode.duplicate_id, f"utterance id {uid!r} was already used in this room", uid)
+        danmu_cap = self.danmu.rules.max_queue
+        self.caps.check(self.queue, sender, len(cmd.text), uid,
+                        room_makes_room=danmu_cap is not None and danmu_cap <= self.caps.room_items)
         self._remember(uid)
         admission = self.danmu.admit(cmd.text, cmd.from_)
         if admission.dropped:
@@ -203,6 +215,7 @@ class Speaker:
             return uid, admission.dropped
         utt = Utterance(uid, admission.text, voice, cmd.speed or self.speed, cmd.priority, next(self._seq),
                         cmd.from_, cmd.final, received, self.clock())
+        utt.owner = sender
         if not cmd.final:
             self._open[uid] = utt
         if cmd.priority == "critical" and self.current is not None:
@@ -215,6 +228,8 @@ class Speaker:
             raise ProtocolError(ErrorCode.unknown_utterance, f"no open utterance {cmd.id!r}", cmd.id)
         if len(utt.text) + len(cmd.text) > self.max_text_chars:
             raise ProtocolError(ErrorCode.text_too_long, f"utterance would exceed {self.max_text_chars} characters", cmd.id)
+        if utt is not self.current:  # text waiting in the queue counts against the caps
+            self.caps.check(self.queue, utt.owner, len(cmd.text), cmd.id, new_items=0)
         utt.text += cmd.text
         if cmd.final:
             utt.final = True
@@ -222,9 +237,16 @@ class Speaker:
         utt.more.set()
 
     def interrupt(self, uid: str | None = None, reason: str = "interrupt", clear_queue: bool = True,
-                  received: float | None = None) -> None:
+                  received: float | None = None, sender: str | None = None) -> None:
+        if sender is not None:  # a banned chat user: all of theirs, and none an error when there is none
+            for utt in [u for u in self.queue if u.sender == sender]:
+                self._cut(utt, reason)
+            if self.current is not None and self.current.sender == sender:
+                self._cut(self.current, reason, received)
+            return
         if uid is None:
             if clear_queue:
+                self._summary_n = 0  # what it would have summed up is gone too
                 for utt in list(self.queue):
                     self._cut(utt, reason)
             if self.current is not None:
@@ -296,6 +318,17 @@ class Speaker:
         if self._pending_fade is not None:
             self.output.pull_now()
 
+    def drop_sender(self, owner: str, reason: str = "disconnect") -> None:
+        """The sender left: its queued utterances go (`interrupted`), and what it is saying now
+        plays to its end; an open one ends with the text it has (no append can come)."""
+        for utt in [u for u in self.queue if u.owner == owner]:
+            self._cut(utt, reason)
+        cur = self.current
+        if cur is not None and cur.owner == owner and not cur.final:
+            cur.final = True
+            self._open.pop(cur.id, None)
+            cur.more.set()
+
     def configure(self, cmd: Configure) -> None:
         voice = None
         if cmd.voice is not None:
@@ -327,9 +360,12 @@ class Speaker:
             if victim is None:  # only high/critical queued: the newcomer is the one that goes
                 self._open.pop(utt.id, None)
                 self._dropped(utt.id, "queue_full")
+                self._summed_up()
                 return "queue_full"
             self.queue.remove(victim)
+            metrics.QUEUE_DEPTH.dec()
             self._dropped(victim.id, "queue_full")
+            self._summed_up()
         bisect.insort(self.queue, utt, key=lambda u: u.key)
         metrics.QUEUE_DEPTH.inc()
         # position: how many utterances will play before this one (0: it is next)
@@ -342,17 +378,63 @@ class Speaker:
     def _advance(self) -> None:
         """Make the next queued utterance current and start synthesizing it."""
         max_wait = self.danmu.rules.max_wait_s
-        while self.current is None and self.queue and not self.closed and not self.holds:
-            utt = self.queue.pop(0)
-            metrics.QUEUE_DEPTH.dec()
-            if max_wait is not None and self.clock() - utt.enqueued > max_wait:
-                self._open.pop(utt.id, None)
-                self._dropped(utt.id, "expired")
-                continue
+        while self.current is None and not self.closed and not self.holds:
+            utt = self._summary_line()
+            if utt is None:
+                if not self.queue:
+                    break
+                utt = self.queue.pop(0)
+                metrics.QUEUE_DEPTH.dec()
+                if max_wait is not None and self.clock() - utt.enqueued > max_wait:
+                    self._open.pop(utt.id, None)
+                    self._dropped(utt.id, "expired")
+                    continue
+                self._read_since_summary += 1
+            self._paced(utt)
             self.current = utt
             utt.producer = asyncio.get_running_loop().create_task(self._produce(utt), name=f"synth-{self.room}-{utt.id}")
-        if self.current is None and not self.queue and self.on_idle is not None:
-            self.on_idle()
+        if self.current is None and not self.queue:
+            self._pace = None  # the backlog is gone: the next line reads at the room's speed
+            if self.on_idle is not None:
+                self.on_idle()
+
+    def _summed_up(self) -> None:
+        """A line dropped for queue_full: the next summary counts it."""
+        if self._summary_n == 0:
+            self._read_since_summary = 0  # lines read before this drop do not hurry its summary
+        self._summary_n += 1
+
+    def _summary_line(self) -> Utterance | None:
+        """Danmu `summary`: the lines dropped for queue_full, read as one line once the queue is
+        caught up or after every max_queue lines read, whichever comes first (a raid gets a
+        summary now and then, not one after every line)."""
+        template = self.danmu.rules.summary
+        every = self.danmu.rules.max_queue or FULL_SPEED_BACKLOG
+        if not (template and self._summary_n and (not self.queue or self._read_since_summary >= every)):
+            return None
+        uid = f"summary{next(self._auto_id)}"
+        while uid in self._recent_ids:
+            uid = f"summary{next(self._auto_id)}"
+        self._remember(uid)
+        text = template.replace("{n}", str(self._summary_n))
+        self._summary_n = self._read_since_summary = 0
+        utt = Utterance(uid, text, self.voice, self.speed, "normal", next(self._seq), None, True,
+                        time.perf_counter(), self.clock())
+        self.output.emit(event("queued", id=uid, position=0))
+        return utt
+
+    def _paced(self, utt: Utterance) -> None:
+        """Danmu `max_speed`: read faster as the backlog grows, slower as it shrinks, one step per line."""
+        top = self.danmu.rules.max_speed
+        if top is None or top <= self.speed:
+            return
+        # full speed when this line came from a full queue (the rest of it still waiting behind)
+        full = max(1, (self.danmu.rules.max_queue or FULL_SPEED_BACKLOG) - 1)
+        target = self.speed + (top - self.speed) * min(1.0, len(self.queue) / full)
+        pace = self.speed if self._pace is None else self._pace
+        pace = min(pace + SPEED_STEP, target) if target > pace else max(pace - SPEED_STEP, target)
+        self._pace = pace
+        utt.speed = max(utt.speed, round(pace, 3))
 
     def _dropped(self, uid: str, reason: str) -> None:
         metrics.DROPPED.labels(reason).inc()

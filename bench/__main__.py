@@ -1,7 +1,7 @@
 """`python -m bench ttfa|interrupt|capacity|idle|peer|all [--quick]`
 
 Prints tables, writes bench/results/<mode>.json (and <mode>.png where a curve says more).
-`all` also runs the benchmarks other modules provide (engines, barge_in, chat_latency)
+`all` also runs the benchmarks other modules provide (engines, barge_in, chat_latency, chat_flood)
 where they exist.
 """
 
@@ -14,7 +14,7 @@ import time
 import warnings
 
 MODES = ("ttfa", "interrupt", "capacity", "idle", "peer")
-OTHER_MODULES = ("engines", "barge_in", "chat_latency")  # written elsewhere; run by `all` when present
+OTHER_MODULES = ("engines", "barge_in", "chat_latency", "chat_flood")  # written elsewhere; run by `all` when present
 
 
 def _run_other(name: str, quick: bool) -> None:

@@ -1,18 +1,20 @@
-"""Live chat latency: a line posted to an IRC channel (ngIRCd on loopback) → the first RTP packet of
-its speech at a real aiortc client in the room. Everything in between runs as in production, each
-in its own process: the IRC server, `tts-agent bridge irc`, and `tts-agent serve`.
+"""Live chat latency: a line posted to a Twitch-dialect chat server (tests/twitch_double.py on
+loopback; Twitch itself cannot be reached here) → the first RTP packet of its speech at a real
+aiortc client in the room. Everything after the chat server runs as in production, each in its
+own process: `tts-agent bridge irc` (asking for Twitch's tags and commands) and `tts-agent serve`
+with its default voice (the best installed English one) unless BENCH_CHAT_VOICE names another.
 
 Per line it also records when the room's `started` event reached the client and the agent's own
-`ttfa_ms` (request received → first frame sent), so the chat hop (IRC server → bridge → HTTP)
-can be told apart from synthesis.
+`ttfa_ms` (request received → first frame sent), so the chat hop (chat server → bridge → HTTP)
+can be told apart from synthesis. Each line is cut (a moderator's CLEARMSG, as the bridge
+passes it on) once its first packet is in: only the first packet is measured.
 
-Run: `python -m bench.chat_latency` (BENCH_QUICK=1 for 5 lines). Needs /usr/sbin/ngircd.
+Run: `python -m bench.chat_latency` (BENCH_QUICK=1 for 5 lines).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import random
 import subprocess
@@ -21,13 +23,12 @@ import time
 from dataclasses import dataclass
 
 from agent.client import RoomClient
-from tests.e2e.test_bridge_irc import NgircdServer, Viewer
+from tests.twitch_double import TwitchDouble
 
 from .common import REPO_ROOT, our_agent, percentiles, print_table, room_token, use_loopback_ice, write_result
 
 ROOM = "bench-chat"
 CHANNEL = "#stream"
-BRIDGE_NICK = "ttsbridge"
 LINES = ("hello from chat number {i}", "great stream, line {i}", "what song is this, {i}?", "greetings to all, {i}")
 
 
@@ -38,46 +39,27 @@ class Sample:
     agent_ttfa_ms: float | None = None  # the agent's request received → first frame sent
 
 
-class Watcher(Viewer):
-    """The chat user who posts; also sees the bridge join the channel."""
-
-    def __init__(self, nick: str):
-        super().__init__(nick)
-        self.bridge_here = asyncio.Event()
-
-    async def on_join(self, channel: str, user: str) -> None:
-        await super().on_join(channel, user)
-        if self.is_same_nick(user, BRIDGE_NICK):
-            self.bridge_here.set()
-
-
-async def measure(agent_url: str, n: int, warmup: int = 3) -> list[Sample]:
+async def measure(agent_url: str, n: int, warmup: int = 3) -> tuple[list[Sample], str]:
     use_loopback_ice()
-    logging.basicConfig(level=logging.ERROR)  # pydle warns about every numeric it does not know
-    irc = NgircdServer()
-    await irc.start()
+    chat = TwitchDouble()
+    await chat.start()
     client = RoomClient(agent_url, ROOM, room_token(ROOM, "bench"))
-    await client.connect()
-    viewer = Watcher("viewer")
-    await viewer.connect("127.0.0.1", irc.port)
-    await asyncio.wait_for(viewer.in_channel_now.wait(), 10)
+    voice = (await client.connect())["voice"]
     bridge = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "agent", "bridge", "irc", "--server", irc.address, "--channel", CHANNEL,
-        "--nick", BRIDGE_NICK, "--room", ROOM, "--agent-url", agent_url, cwd=REPO_ROOT,
+        sys.executable, "-m", "agent", "bridge", "irc", "--server", chat.address, "--channel", CHANNEL,
+        "--room", ROOM, "--agent-url", agent_url, cwd=REPO_ROOT,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     samples: list[Sample] = []
     try:
-        await asyncio.wait_for(viewer.bridge_here.wait(), 30)
+        await chat.wait_joined(timeout=30)
         for i in range(warmup + n):
-            before = len(client.events_of("started"))
             sent = time.perf_counter()
-            await viewer.message(CHANNEL, LINES[i % len(LINES)].format(i=i))
+            msg_id = chat.privmsg(CHANNEL, f"viewer{i % 7}", LINES[i % len(LINES)].format(i=i))
             packet = await client.wait_packet(after=sent, timeout=30)
-            await _until(lambda: len(client.events_of("started")) > before)
-            started = client.events_of("started")[before]
-            # its first packet is all this measures: cut the rest (seconds of speech per line)
-            client.send({"type": "interrupt", "id": started["id"]})
-            await client.wait_event("interrupted", id=started["id"], timeout=30)
+            started = await client.wait_event("started", id=msg_id, timeout=30)
+            # its first packet is all this measures: a moderator's delete cuts the rest
+            chat.clearmsg(CHANNEL, f"viewer{i % 7}", msg_id, "")
+            await client.wait_event("interrupted", id=msg_id, timeout=30)
             if i >= warmup:
                 samples.append(Sample(round((packet.arrival - sent) * 1000, 3),
                                       round((started["_arrival"] - sent) * 1000, 3), started.get("ttfa_ms")))
@@ -85,17 +67,9 @@ async def measure(agent_url: str, n: int, warmup: int = 3) -> list[Sample]:
     finally:
         bridge.terminate()
         await bridge.wait()
-        if viewer.connected:
-            await viewer.disconnect()
         await client.close()
-        await irc.cleanup()
-    return samples
-
-
-async def _until(condition, timeout: float = 30) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.005)
+        await chat.close()
+    return samples, voice
 
 
 def summarize(samples: list[Sample]) -> dict:
@@ -112,13 +86,14 @@ def summarize(samples: list[Sample]) -> dict:
 
 def main(quick: bool = False) -> dict:
     n = 5 if quick else 50
-    with our_agent() as agent:
-        samples = asyncio.run(measure(agent.base_url, n))
+    with our_agent(voice=os.environ.get("BENCH_CHAT_VOICE") or None) as agent:
+        samples, voice = asyncio.run(measure(agent.base_url, n))
     summary = summarize(samples)
     rows = [[name, st["n"], st["p50"], st["p95"], st["max"]] for name, st in summary.items()]
-    print_table(f"Chat line posted (IRC, loopback) -> first audio packet, {n} lines, eSpeak NG (ms)",
+    print_table(f"Chat line posted (Twitch-dialect IRC, loopback) -> first audio packet, {n} lines, {voice} (ms)",
                 ["measure", "n", "p50", "p95", "max"], rows)
-    result = {"lines": n, "transport": "IRC (ngIRCd) -> tts-agent bridge irc -> HTTP speak -> WebRTC",
+    result = {"lines": n, "voice": voice,
+              "transport": "IRC (Twitch double) -> tts-agent bridge irc -> HTTP speak -> WebRTC",
               **summary, "samples": [s.__dict__ for s in samples]}
     print(f"-> {write_result('chat_latency', result)}")
     return result

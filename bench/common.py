@@ -58,6 +58,7 @@ class ServerProcess:
     port: int = field(default_factory=free_port)
     ready_path: str = "/readyz"
     proc: subprocess.Popen | None = None
+    cwd: Path = REPO_ROOT  # another checkout: compare before/after in one run
 
     @property
     def base_url(self) -> str:
@@ -73,9 +74,9 @@ class ServerProcess:
         if self.cpus is not None:
             cmd = ["taskset", "-c", self.cpus, *cmd]  # taskset execs: the pid is the server's
         env = {k: v for k, v in os.environ.items() if not k.startswith("TTS_AGENT_")}
-        env.update(TTS_AGENT_LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1")
+        env.update(TTS_AGENT_LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1", PYTHONPATH=str(self.cwd))
         self._log = open(_results_dir() / f"{self.name}.log", "w")  # the server's output, for post-mortems
-        self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, cwd=self.cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -110,8 +111,9 @@ class ServerProcess:
 BENCH_VOICE = "espeak:en-us"  # the engine the Pipecat peer wraps too, so only the framework differs
 
 
-def our_agent(cpus: str | None = None, voice: str = BENCH_VOICE) -> ServerProcess:
-    return ServerProcess(["-m", "agent", "serve", "--log-level", "WARNING", "--voice", voice],
+def our_agent(cpus: str | None = None, voice: str | None = BENCH_VOICE) -> ServerProcess:
+    """`voice=None`: the agent's own default (the best installed English voice)."""
+    return ServerProcess(["-m", "agent", "serve", "--log-level", "WARNING"] + (["--voice", voice] if voice else []),
                          name="tts-agent", cpus=cpus)
 
 

@@ -16,6 +16,7 @@ from . import problems
 from .livekit_mode import livekit_router
 from .limits import BodyGuard, RateLimiter
 from .routers import health, rooms, synthesize, tokens, voices, whep
+from .web_guard import WebGuard
 
 
 
@@ -44,14 +45,16 @@ def create_app(agent: Agent) -> FastAPI:
     for router in routers:
         app.include_router(router)
     _mount_demo(app)
-    app.add_middleware(
-        CORSMiddleware,
-        allow_origins=["*"],
-        allow_methods=["GET", "POST", "DELETE", "PATCH", "OPTIONS"],
-        allow_headers=["Authorization", "Content-Type", "If-Match"],
-        expose_headers=["Location", "ETag", "Retry-After", "Content-Disposition"],
-    )
+    if agent.settings.cors_origins:  # none by default: the demo is same-origin
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=agent.settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE", "PATCH", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "If-Match"],
+            expose_headers=["Location", "ETag", "Retry-After", "Content-Disposition"],
+        )
     app.add_middleware(BodyGuard, max_bytes=agent.settings.max_body_bytes, timeout_s=agent.settings.body_timeout_s)
+    app.add_middleware(WebGuard, settings=agent.settings)  # outermost: a foreign Host or page gets nothing
     return app
 
 

@@ -6,6 +6,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from agent.auth import AuthError, Principal
+from agent.room_names import InvalidRoomName, check_room_name
 from agent.runtime import Agent
 from agent.settings import is_loopback
 
@@ -29,6 +30,29 @@ RATE_LIMITED = {429: {"model": ProblemOut, "description": "rate limited; Retry-A
 
 def get_agent(request: Request) -> Agent:
     return request.app.state.agent
+
+
+def valid_room(request: Request) -> None:
+    """Routes under /v1/rooms/{room}: a name that is not a valid room name is 400, before
+    anything else looks at it (it ends up in headers, logs and the Location of a session)."""
+    room = request.path_params.get("room")
+    if room is None:
+        return
+    try:
+        check_room_name(room)
+    except InvalidRoomName as exc:
+        raise Problem(400, str(exc), code="bad_room") from None
+
+
+def check_token_ttl(ttl_s: int, agent: Agent) -> None:
+    """A token is minted only for a lifetime this agent will accept back."""
+    limit = agent.settings.max_token_ttl_s
+    if ttl_s > limit:
+        raise Problem(422, f"ttl_s: at most {limit} s (max_token_ttl_s)", code="bad_message",
+                      errors=[{"loc": ["body", "ttl_s"], "msg": f"at most {limit}"}])
+
+
+BAD_ROOM = {400: {"model": ProblemOut, "description": "`bad_room`: not a valid room name"}}
 
 
 def _token(credentials: HTTPAuthorizationCredentials | None) -> str:
@@ -69,9 +93,16 @@ def admin_or_dev(request: Request, credentials: HTTPAuthorizationCredentials | N
 
 
 def client_key(request: Request, credentials: HTTPAuthorizationCredentials | None) -> str:
-    """Who a rate limit counts: the token (its signature part) if one is sent, else the client address."""
+    """Who a rate limit counts: the identity and issuer of a valid token (however its text is
+    spelled: one more `=` or a fresh token for the same identity is the same bucket), else the
+    client address (no token, or one that the route will refuse anyway)."""
     if credentials is not None and credentials.credentials:
-        return "token:" + credentials.credentials[-43:]
+        try:
+            principal = get_agent(request).tokens.verify(credentials.credentials)
+        except AuthError:
+            pass
+        else:
+            return f"identity:{principal.issuer}:{principal.identity}"
     return "ip:" + (request.client.host if request.client else "?")
 
 

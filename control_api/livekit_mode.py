@@ -23,7 +23,7 @@ from agent.runtime import Agent
 from agent.settings import Settings
 from engines.registry import UnknownVoice
 
-from .deps import admin_or_dev, get_agent, rate_limited, require_admin
+from .deps import BAD_ROOM, admin_or_dev, check_token_ttl, get_agent, rate_limited, require_admin, valid_room
 from .models import Accepted, InterruptBody, PauseBody, SpeakBody, TokenRequest, TokenResponse
 from .problems import Problem
 
@@ -96,11 +96,12 @@ def livekit_router(settings: Settings, agent_name: str = DEFAULT_AGENT_NAME) -> 
     assert settings.livekit_url, "LiveKit mode needs settings.livekit_url"
     key = next(iter(settings.keys))
     server = LiveKitServer(settings.livekit_url, key, settings.keys[key])
-    router = APIRouter(tags=["livekit"])
+    router = APIRouter(tags=["livekit"], dependencies=[Depends(valid_room)], responses=BAD_ROOM)
 
     @router.post("/v1/tokens", response_model=TokenResponse, dependencies=[Depends(admin_or_dev)])
     def create_token(body: TokenRequest, agent: Agent = Depends(get_agent)) -> TokenResponse:
         """A LiveKit access token for `room`; joining with it dispatches the agent."""
+        check_token_ttl(body.ttl_s, agent)
         token = agent.tokens.mint(body.identity, room=body.room, name=body.name, ttl_s=body.ttl_s,
                                   can_publish_data=body.can_publish_data, can_subscribe=body.can_subscribe,
                                   room_config=room_configuration(agent_name))
@@ -111,13 +112,20 @@ def livekit_router(settings: Settings, agent_name: str = DEFAULT_AGENT_NAME) -> 
         found = await server.call(lambda lk: lk.room.list_rooms(api.ListRoomsRequest()))
         return [_room_out(r) for r in found.rooms]
 
-    @router.get("/v1/rooms/{room}", response_model=LiveKitRoomOut, dependencies=[Depends(require_admin)])
-    async def room_detail(room: str) -> LiveKitRoomOut:
+    async def existing_room(room: str):
+        """The LiveKit room `room`, or 404. Asked before `send_data`: livekit-server answers
+        `send_data` to a missing room only after its internal retries, with 503 (psrpc: no
+        response from servers), not 404."""
         found = await server.call(lambda lk: lk.room.list_rooms(api.ListRoomsRequest(names=[room])))
         if not found.rooms:
             raise Problem(404, f"no LiveKit room {room!r}", code="unknown_room")
+        return found.rooms[0]
+
+    @router.get("/v1/rooms/{room}", response_model=LiveKitRoomOut, dependencies=[Depends(require_admin)])
+    async def room_detail(room: str) -> LiveKitRoomOut:
+        found = await existing_room(room)
         people = await server.call(lambda lk: lk.room.list_participants(api.ListParticipantsRequest(room=room)))
-        out = _room_out(found.rooms[0])
+        out = _room_out(found)
         out.participants = [{"identity": p.identity, "name": p.name, "kind": api.ParticipantInfo.Kind.Name(p.kind)}
                             for p in people.participants]
         return out
@@ -138,15 +146,18 @@ def livekit_router(settings: Settings, agent_name: str = DEFAULT_AGENT_NAME) -> 
             except UnknownVoice as exc:
                 raise ProtocolError(ErrorCode.unknown_voice, str(exc), cmd.id) from None
         message.setdefault("from", f"http:{principal.identity}")
+        await existing_room(room)
         await server.call(lambda lk: lk.room.send_data(send_data_request(room, message)))
         return Accepted(id=cmd.id or "", room=room, status="queued")
 
     @router.post("/v1/rooms/{room}/interrupt", status_code=202, response_model=Accepted,
                  response_model_exclude_none=True, dependencies=[Depends(require_admin)])
     async def interrupt(room: str, body: InterruptBody | None = None) -> Accepted:
-        data = {} if body is None else body.model_dump(exclude_none=True, exclude={"type"}) | dict(body.model_extra or {})
+        data = {} if body is None else (body.model_dump(exclude_none=True, exclude={"type"}, by_alias=True)
+                                        | dict(body.model_extra or {}))
         message = {"type": "interrupt", **data}
         parse_command(message, max_text_chars=settings.max_text_chars)
+        await existing_room(room)
         await server.call(lambda lk: lk.room.send_data(send_data_request(room, message)))
         return Accepted(id=data.get("id") or "*", room=room, status="interrupted")
 
@@ -155,6 +166,7 @@ def livekit_router(settings: Settings, agent_name: str = DEFAULT_AGENT_NAME) -> 
     async def pause(room: str, body: PauseBody | None = None) -> Accepted:
         message = {"type": "pause"} if body is None else body.model_dump(exclude_none=True)
         parse_command(message, max_text_chars=settings.max_text_chars)
+        await existing_room(room)
         await server.call(lambda lk: lk.room.send_data(send_data_request(room, message)))
         return Accepted(id="*", room=room, status="paused")
 
@@ -162,6 +174,7 @@ def livekit_router(settings: Settings, agent_name: str = DEFAULT_AGENT_NAME) -> 
                  response_model_exclude_none=True, dependencies=[Depends(require_admin)])
     async def resume(room: str) -> Accepted:
         message = {"type": "resume"}
+        await existing_room(room)
         await server.call(lambda lk: lk.room.send_data(send_data_request(room, message)))
         return Accepted(id="*", room=room, status="resumed")
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agent.protocol import Interrupt, Pause, Speed, Synthesize, VoiceRef
+from agent.room_names import MAX_ROOM_NAME_CHARS, check_room_name
 
 
 class Problem(BaseModel):
@@ -22,12 +23,18 @@ class Problem(BaseModel):
 
 class TokenRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"room": "demo", "identity": "alice"}]})
-    room: str = Field(min_length=1, max_length=128, pattern=r"^[\w.\-]+$")
+    room: str = Field(min_length=1, max_length=MAX_ROOM_NAME_CHARS,
+                      description="any letters, digits and spaces; no control characters, URL delimiters or `..`")
     identity: str = Field(min_length=1, max_length=128)
     name: str | None = Field(None, max_length=128)
     ttl_s: int = Field(3600, ge=60, le=7 * 86400)
     can_publish_data: bool = Field(True, description="may send commands on the data channel")
     can_subscribe: bool = Field(True, description="may open a WHEP session to listen")
+
+    @field_validator("room")
+    @classmethod
+    def _room_name(cls, room: str) -> str:
+        return check_room_name(room)  # InvalidRoomName is a ValueError: a 422 naming the field
 
 
 class TokenResponse(BaseModel):
@@ -97,7 +104,8 @@ class SpeakBody(Synthesize):
 
 
 class InterruptBody(Interrupt):
-    """The body of an `interrupt` message: with `id` that utterance, without it everything."""
+    """The body of an `interrupt` message: with `id` that utterance, with `from` every utterance of
+    that sender (a banned chat user), with neither everything."""
 
 
 class PauseBody(Pause):

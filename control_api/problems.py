@@ -73,7 +73,9 @@ def install(app: FastAPI) -> None:
             extra["errors"] = [{"loc": ["body", field], "msg": exc.message}]
         if exc.id is not None:
             extra["id"] = exc.id
-        return problem_response(status, exc.message, code=exc.code.value, **extra)
+        # a full queue drains as the room speaks: tell a polite client (a chat bridge) when to retry
+        headers = {"Retry-After": "1"} if exc.code is ErrorCode.queue_full else None
+        return problem_response(status, exc.message, code=exc.code.value, headers=headers, **extra)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError):

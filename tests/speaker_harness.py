@@ -35,12 +35,14 @@ class ToneEngine:
     def __init__(self, rate: int = SAMPLE_RATE):
         self.rate = rate
         self.calls: list[str] = []
+        self.speeds: list[float] = []
 
     def voices(self) -> list[Voice]:
         return [Voice("tone:en", "tone", "en", "Tone", self.rate)]
 
     async def stream(self, text: str, voice: Voice, speed: float = 1.0, sample_rate: int | None = None):
         self.calls.append(text)
+        self.speeds.append(speed)
         per_char = int(SAMPLES_PER_CHAR * self.rate / SAMPLE_RATE / speed)
         for sentence in split_sentences(text):
             n = len(sentence) * per_char
@@ -66,6 +68,7 @@ class Stage:
     engine: ToneEngine = field(default_factory=ToneEngine)
     clock: FakeClock = field(default_factory=FakeClock)
     events: list[tuple[int, dict]] = field(default_factory=list)
+    event_times: list[float] = field(default_factory=list)  # the fake clock when each event was emitted
     frames: list[tuple[int, np.ndarray]] = field(default_factory=list)
     tick_no: int = 0
     pulls: int = 0
@@ -78,6 +81,7 @@ class Stage:
     # SpeakerOutput
     def emit(self, event: dict, to: str | None = None) -> None:
         self.events.append((self.tick_no, event))
+        self.event_times.append(self.clock.now)
 
     def pull_now(self) -> None:
         self.pulls += 1
@@ -114,6 +118,10 @@ class Stage:
     def of(self, type_: str, **match) -> list[dict]:
         return [e for _, e in self.events if e["type"] == type_ and all(e.get(k) == v for k, v in match.items())]
 
+    def time_of(self, type_: str, **match) -> float:
+        return next(t for t, (_, e) in zip(self.event_times, self.events)
+                    if e["type"] == type_ and all(e.get(k) == v for k, v in match.items()))
+
     def tick_of(self, type_: str, **match) -> int:
         return next(t for t, e in self.events if e["type"] == type_ and all(e.get(k) == v for k, v in match.items()))
 
@@ -141,3 +149,40 @@ class CountingEngine(ToneEngine):
 def counting_samples(start: int, n: int) -> np.ndarray:
     """Samples start..start+n of CountingEngine's audio."""
     return (1000 + (np.arange(start, start + n) % 20_000)).astype(np.int16)
+
+
+@dataclass
+class FloodRun:
+    """A chat flood on the fake clock: what was sent when, and the backlog after every tick."""
+
+    stage: Stage
+    sent_at: dict[str, float]  # line id -> fake time it arrived
+    backlog: list[tuple[float, int]]  # (fake seconds since the start, queued utterances)
+    start: float
+
+
+async def chat_flood(lines: int = 300, seconds: float = 10.0, chars: int = 100, rules: dict | None = None,
+                     tail_s: float = 60.0) -> FloodRun:
+    """`lines` chat lines spread evenly over `seconds` into a room that reads about one a second
+    (`chars` characters at 10 ms each), then `tail_s` more seconds; one tick = 20 ms of fake time."""
+    s = Stage()
+    s.send({"type": "configure", "danmu": rules or {}})
+    start = s.clock.now
+    every = seconds / lines
+    sent_at: dict[str, float] = {}
+    backlog: list[tuple[float, int]] = []
+    next_line = 0
+    for _ in range(int((seconds + tail_s) / 0.02)):
+        while next_line < lines and next_line * every <= s.clock.now - start:
+            uid = f"c{next_line:03d}"
+            body = f"viewer {next_line:03d} says " + "la " * ((chars - 20) // 3)
+            s.send({"type": "synthesize", "id": uid, "text": body[:chars], "from": f"viewer{next_line % 40}"})
+            sent_at[uid] = s.clock.now
+            next_line += 1
+        await s.settle()
+        s.tick()
+        backlog.append((round(s.clock.now - start, 2), len(s.speaker.queue)))
+        s.clock.now += 0.02
+        if next_line == lines and s.speaker.idle:
+            break
+    return FloodRun(s, sent_at, backlog, start)

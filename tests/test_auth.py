@@ -103,7 +103,7 @@ def test_admin_tokens_limited_to_a_room_open_only_that_room():
 def asgi_client(settings: Settings, client_addr: str = "127.0.0.1") -> httpx.AsyncClient:
     app = create_app(Agent(settings, shared_engines()))
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=(client_addr, 40000)),
-                             base_url="http://agent")
+                             base_url="http://127.0.0.1")  # a Host this agent answers to
 
 
 @pytest.mark.parametrize("token, reason", [

@@ -85,3 +85,13 @@ def test_lateness_against_the_streams_best_case():
     assert np.nonzero(late > 0.005)[0].tolist() == [6]
     assert unwrap_rtp(stamps)[-1] - unwrap_rtp(stamps)[0] == 9 * 960
     assert missing_packets(np.delete(stamps, [3, 4])) == 2
+
+
+def test_queue_flood_short():
+    proc = subprocess.run([sys.executable, "-m", "bench.queue_flood", "--seconds", "2"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=200)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    (run,) = json.loads((RESULTS_DIR / "queue_flood.json").read_text())["runs"]["after"]
+    assert run["sent"] == run["queued"] + run["queue_full"] + run["rate_limited"]  # every message answered
+    assert run["queue_full"] > 0 and run["queue_after_flood"] <= 64  # the default per-sender cap held
+    assert run["queue_after_leave"] == 0  # and the flooder's queue left with it

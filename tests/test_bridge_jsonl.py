@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from agent.bridges.jsonl import parse_line
-from agent.bridges.lines import ChatLine, LineFilter
+from bridges.jsonl import parse_line
+from bridges.lines import ChatLine, LineFilter
 from tests.conftest import start_agent, stop_agent
 
 ROOM = "jsonl-room"

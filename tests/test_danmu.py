@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from agent.danmu import ELLIPSIS, cut_text
 
-from .speaker_harness import Stage
+from .speaker_harness import Stage, chat_flood
 
 
 def configure(s: Stage, **rules) -> None:
@@ -127,3 +127,54 @@ async def test_flood_of_1000_keeps_the_queue_capped_in_priority_order_and_answer
     await s.play_until_idle(max_ticks=20_000)
     started = [e["id"] for e in s.of("started")]
     assert started[1:10] == [f"l{i}" for i in range(100, 1000, 100)]
+
+
+RAID_RULES = {"max_queue": 10, "max_wait_s": 5, "summary": "and {n} more messages", "max_speed": 1.4}
+
+
+async def test_a_raid_of_300_lines_in_10_s_is_read_with_summaries_faster_and_never_late():
+    run = await chat_flood(300, 10.0, chars=100, rules=RAID_RULES)  # the room reads ~1 line a second
+    s = run.stage
+    # bounded backlog: never more than max_queue waiting
+    assert max(n for _, n in run.backlog) == 10
+    # every line is accounted for: read, or dropped with a reason
+    read = [e["id"] for e in s.of("finished") if not e["id"].startswith("summary")]
+    dropped = {e["id"]: e["reason"] for e in s.of("dropped")}
+    assert sorted(read + list(dropped)) == sorted(run.sent_at)
+    # what queue_full dropped was not silent: summaries read it out, every line counted once
+    summaries = [t for t in s.engine.calls if t.startswith("and ")]
+    counted = sum(int(t.split()[1]) for t in summaries)
+    assert summaries and counted == list(dropped.values()).count("queue_full") > 200
+    assert len(summaries) < len(read)  # now and then, not after every line
+    # nothing read after its max_wait_s (a line becomes current within its wait; audio starts that tick)
+    for uid in read:
+        assert s.time_of("started", id=uid) - run.sent_at[uid] <= RAID_RULES["max_wait_s"] + 0.02
+    # the speed rose step by step to max_speed with the backlog and came back as the queue emptied
+    speeds = [sp for text, sp in zip(s.engine.calls, s.engine.speeds) if not text.startswith("and ")]
+    assert speeds[0] == 1.0 and max(speeds) == 1.4
+    assert all(abs(b - a) <= 0.1 + 1e-9 for a, b in zip(speeds, speeds[1:]))
+    peak, last_peak = speeds.index(1.4), len(speeds) - 1 - speeds[::-1].index(1.4)
+    assert speeds[:peak + 1] == sorted(speeds[:peak + 1])
+    assert speeds[last_peak:] == sorted(speeds[last_peak:], reverse=True) and speeds[-1] < 1.4
+    assert "expired" in dropped.values()
+    # once the backlog is gone, the next line reads at the room's speed again
+    chat(s, "a calm line after the raid", id="calm")
+    await s.play_until_idle()
+    assert s.engine.speeds[-1] == 1.0
+
+
+async def test_without_the_raid_rules_the_same_flood_is_dropped_silently_at_one_speed():
+    run = await chat_flood(300, 10.0, chars=100, rules={"max_queue": 10, "max_wait_s": 5})
+    assert not [t for t in run.stage.engine.calls if t.startswith("and ")]
+    assert set(run.stage.engine.speeds) == {1.0}
+
+
+async def test_a_summary_after_a_cleared_queue_is_not_read():
+    s = Stage()
+    configure(s, max_queue=1, summary="and {n} more")
+    for i in range(4):
+        chat(s, f"line {i}", id=f"l{i}")
+    assert len(s.of("dropped", reason="queue_full")) == 2
+    s.send({"type": "interrupt"})
+    await s.play_until_idle()
+    assert not [t for t in s.engine.calls if t.startswith("and ")]

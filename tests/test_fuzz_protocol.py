@@ -34,7 +34,7 @@ UTTERANCE = "Steady words that must arrive intact. Whatever strangers type meanw
 FIELDS = {
     "synthesize": {"type", "text", "id", "voice", "priority", "speed", "final", "from"},
     "append": {"type", "id", "text", "final"},
-    "interrupt": {"type", "id"},
+    "interrupt": {"type", "id", "from"},
     "configure": {"type", "voice", "speed", "danmu", "barge_in"},
     "ping": {"type", "t"},
 }

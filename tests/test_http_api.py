@@ -212,6 +212,22 @@ async def test_pause_and_resume_over_http(clients, http, admin):
                                                               "finished"]
 
 
+async def test_interrupt_from_over_http_cancels_that_senders_utterances(clients, http, admin):
+    alice = await clients("lobby")
+    long = "A long chat line that keeps the room busy for a while. " * 4
+    for uid, sender in (("m1", "mallory"), ("ok", "olivia"), ("m2", "mallory")):
+        await http.post("/v1/rooms/lobby/speak", json={"text": long, "id": uid, "from": sender, "voice": VOICE},
+                        headers=admin)
+    await alice.wait_event("started", id="m1")
+    resp = await http.post("/v1/rooms/lobby/interrupt", json={"from": "mallory"}, headers=admin)
+    assert resp.status_code == 202 and resp.json()["status"] == "interrupted"
+    await alice.wait_event("interrupted", id="m1")
+    await alice.wait_event("interrupted", id="m2")
+    await alice.wait_event("started", id="ok")
+    both = await http.post("/v1/rooms/lobby/interrupt", json={"id": "ok", "from": "olivia"}, headers=admin)
+    assert_problem(both, 422, "bad_message")
+
+
 async def test_room_scoped_admin_token_speaks_only_into_its_room(running_agent, clients, http):
     await clients("lobby")
     await clients("backstage")

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from livekit import api as lkapi
 from livekit import rtc
+from livekit.api.access_token import Claims
 from livekit.rtc._proto import participant_pb2
 
 from agent.rooms import RoomRegistry
@@ -34,15 +35,31 @@ from tests.conftest import shared_engines
 TRACK_SID = "TR_agentvoice"
 
 
-class CapturedPublisher:
-    """Stands in for the LiveKit server's side of `local_participant` (cannot run here)."""
+class NotAllowed(Exception):
+    """What livekit-server answers an update of one's own attributes without the grant."""
 
-    def __init__(self, room: rtc.Room):
+
+class CapturedPublisher:
+    """Stands in for the LiveKit server's side of `local_participant` (cannot run here).
+
+    With `claims` (the verified join token), it refuses `set_attributes` as livekit-server
+    does without `canUpdateOwnMetadata` (pkg/rtc/participant.go: RequestResponse NOT_ALLOWED,
+    "does not have permission to update own metadata")."""
+
+    def __init__(self, room: rtc.Room, claims: Claims | None = None):
+        self.claims = claims
         self.tracks: list[rtc.LocalAudioTrack] = []
         self.data: list[tuple[dict, str, list[str]]] = []  # (event, topic, destinations)
         self.texts: list[tuple[str, str, dict]] = []
+        self.transcriptions: list[rtc.Transcription] = []  # legacy transcription packets
+        self.attributes: dict[str, str] = {}  # the participant's attributes, as others see them
+        self.states: list[str] = []  # every lk.agent.state the server accepted, in order
+        self.refused: list[dict] = []
+        self.sent: list[tuple[str, str]] = []  # ("event", type) and ("state", value) in send order
         self.subscriptions: list[tuple[str, bool]] = []  # (publication sid, subscribe?)
         self.changed = asyncio.Event()
+        if claims is not None:
+            self.attributes.update(claims.attributes or {})  # a participant joins with its token's
 
     async def publish_track(self, track: rtc.LocalAudioTrack) -> str:
         self.tracks.append(track)
@@ -50,10 +67,26 @@ class CapturedPublisher:
 
     async def publish_data(self, payload: bytes, *, topic: str, destination_identities: list[str]) -> None:
         self.data.append((json.loads(payload), topic, list(destination_identities)))
+        self.sent.append(("event", self.data[-1][0].get("type")))
         self.changed.set()
 
     async def publish_text(self, text: str, *, topic: str, attributes: dict[str, str]) -> None:
         self.texts.append((text, topic, dict(attributes)))
+        self.changed.set()
+
+    async def publish_transcription(self, transcription: rtc.Transcription) -> None:
+        self.transcriptions.append(transcription)
+        self.changed.set()
+
+    async def set_attributes(self, attributes: dict[str, str]) -> None:
+        if self.claims is not None and not self.claims.video.can_update_own_metadata:
+            self.refused.append(dict(attributes))
+            self.changed.set()
+            raise NotAllowed("does not have permission to update own metadata")
+        self.attributes.update(attributes)
+        if "lk.agent.state" in attributes:
+            self.states.append(attributes["lk.agent.state"])
+            self.sent.append(("state", attributes["lk.agent.state"]))
         self.changed.set()
 
     def set_subscribed(self, publication: rtc.RemoteTrackPublication, subscribed: bool) -> None:
@@ -242,6 +275,7 @@ def _frame(pcm: np.ndarray) -> rtc.AudioFrame:
 
 async def test_captions_become_livekit_transcriptions(lk):
     _, lk_room, session, pub = lk
+    session.identity = "tts-agent-1"  # what a connected room's local participant says
     lk_room.emit("data_received", packet(
         {"type": "synthesize", "id": "t", "text": "Hello there, world. How are you today?"}, participant("alice")))
     await pub.wait_for(lambda: pub.events("finished"))
@@ -252,6 +286,89 @@ async def test_captions_become_livekit_transcriptions(lk):
     assert all(a[ATTR_TRACK_ID] == TRACK_SID and a[ATTR_FINAL] == "true" for a in attrs)
     assert len({a[ATTR_SEGMENT_ID] for a in attrs}) == 2
     assert len(pub.events("caption")) > 2  # eSpeak NG's word captions went out as events, not segments
+    # and the deprecated transcription packet beside each segment, as livekit-agents sends it
+    # (older UIs: useTrackTranscription, useVoiceAssistant().agentTranscriptions)
+    legacy = [(t.participant_identity, t.track_sid, [(g.id, g.text, g.final, g.start_time, g.end_time, g.language)
+                                                     for g in t.segments]) for t in pub.transcriptions]
+    assert legacy == [("tts-agent-1", TRACK_SID, [(a[ATTR_SEGMENT_ID], text, True, 0, 0, "")])
+                      for text, _, a in pub.texts]
+
+
+async def test_agent_state_goes_listening_speaking_listening(lk):
+    """`lk.agent.state` through `local_participant.set_attributes`: `listening` once joined
+    (it joined `initializing`, from its token), `speaking` from the first frame played until
+    nothing is playing or queued, in order with the room's events."""
+    _, lk_room, session, pub = lk
+    await session.outbox.flush(5)
+    assert pub.states == ["listening"]
+    alice = participant("alice")
+    lk_room.emit("data_received", packet({"type": "synthesize", "id": "a", "text": "First one."}, alice))
+    lk_room.emit("data_received", packet({"type": "synthesize", "id": "b", "text": "Second one."}, alice))
+    await pub.wait_for(lambda: [e for e in pub.events("finished") if e["id"] == "b"])
+    await session.outbox.flush(5)
+    # two queued utterances are one speaking turn: no listening between them
+    assert pub.states == ["listening", "speaking", "listening"]
+    order = [x for x in pub.sent if x[0] == "state" or x[1] in ("started", "finished")]
+    assert order == [("state", "listening"), ("event", "started"), ("state", "speaking"), ("event", "finished"),
+                     ("event", "started"), ("event", "finished"), ("state", "listening")]
+
+    lk_room.emit("data_received", packet(
+        {"type": "synthesize", "id": "c", "text": "This sentence is long enough to be cut off in the middle."}, alice))
+    await pub.wait_for(lambda: pub.states[-1] == "speaking")
+    lk_room.emit("data_received", packet({"type": "interrupt"}, alice))
+    await pub.wait_for(lambda: pub.events("interrupted"))
+    await session.outbox.flush(5)
+    assert pub.states == ["listening", "speaking", "listening", "speaking", "listening"]
+    lk_room.emit("data_received", packet({"type": "synthesize", "id": "d", "text": "x", "voice": "klingon"}, alice))
+    await pub.wait_for(lambda: pub.events("error"))
+    await session.outbox.flush(5)
+    assert pub.states[-1] == "listening" and len(pub.states) == 5  # nothing played: no change
+
+
+async def test_dispatch_metadata_sets_the_room_up_before_anyone_is_greeted():
+    from agent.protocol import DanmuRules
+
+    settings = Settings(room_grace_s=0, voice="espeak:en-us")
+    voices = VoiceRegistry(shared_engines(), settings.voice)
+    german = voices.resolve("de").id
+    assert german != voices.resolve("espeak:en-us").id
+    transport = LiveKitTransport(RoomRegistry(settings, voices), publisher_factory=CapturedPublisher)
+    meta = json.dumps({"voice": "de", "speed": 1.25, "danmu": {"max_queue": 3, "blocked_words": ["spam"]},
+                       "barge_in": {"mode": "duck", "min_speech_ms": 300}})
+    lk_room = rtc.Room()
+    session = await transport.attach(lk_room, "dispatched", meta)
+    try:
+        speaker = session.room.speaker
+        assert (speaker.voice.id, speaker.speed) == (german, 1.25)
+        assert speaker.danmu.rules == DanmuRules(max_queue=3, blocked_words=["spam"])
+        assert (speaker.barge_in.mode, speaker.barge_in.min_speech_ms) == ("duck", 300)
+        lk_room.emit("participant_connected", participant("alice"))
+        pub = session.publisher
+        ready = await pub.wait_for(lambda: pub.events("ready", ["alice"]))
+        assert ready[0]["voice"] == german
+    finally:
+        await transport.drain(timeout=0)
+
+
+@pytest.mark.parametrize("metadata", [
+    "not json", "[1, 2]", '"de"', '{"voice": "klingon"}', '{"speed": 9}', '{"voice": "de", "priorty": 1}',
+    '{"type": "synthesize", "text": "spoken by the dispatch"}', pytest.param("{" * 5000, id="deep"),
+])
+async def test_bad_dispatch_metadata_is_logged_and_ignored(metadata, caplog):
+    settings = Settings(room_grace_s=0, voice="espeak:en-us")
+    transport = LiveKitTransport(RoomRegistry(settings, VoiceRegistry(shared_engines(), settings.voice)),
+                                 publisher_factory=CapturedPublisher)
+    with caplog.at_level("WARNING", logger="agent.transports.livekit_metadata"):
+        session = await transport.attach(rtc.Room(), "plain", metadata)
+    try:
+        speaker = session.room.speaker
+        assert (speaker.voice.id, speaker.speed, speaker.barge_in.mode) == ("espeak:en-us", 1.0, "off")
+        assert speaker.idle and not speaker.queue  # nothing was said or queued either
+        assert [r.message for r in caplog.records if r.message.startswith("dispatch metadata ignored")]
+        await session.outbox.flush(5)
+        assert session.publisher.states == ["listening"]  # joined as usual
+    finally:
+        await transport.drain(timeout=0)
 
 
 async def test_last_participant_leaving_closes_the_room_and_leaves(lk):
@@ -299,7 +416,10 @@ class LiveKitTwirpStandIn:
         lk = self.api
         if method == "SendData":
             if req.room not in self.rooms:
-                return web.json_response({"code": "not_found", "msg": "requested room does not exist"}, status=404)
+                # livekit-server routes SendData to the room's node over psrpc; with no such
+                # room nobody answers, and after psrpc's retries (seconds) it is Twirp
+                # `unavailable`, 503 (psrpc.ErrNoResponse), never 404
+                return web.json_response({"code": "unavailable", "msg": "no response from servers"}, status=503)
             out = lk.SendDataResponse()
         elif method == "ListRooms":
             names = list(req.names) or list(self.rooms)
@@ -359,7 +479,8 @@ async def test_http_speak_reaches_the_room_through_send_data(control_plane):
     http, admin, stand_in, _ = control_plane
     resp = await http.post("/v1/rooms/lobby/speak", json={"text": "Over HTTP.", "priority": "high"}, headers=admin)
     assert resp.status_code == 202, resp.text
-    (method, req, claims), = stand_in.calls
+    (check, _, _), (method, req, claims) = stand_in.calls
+    assert check == "ListRooms" and list(stand_in.calls[0][1].names) == ["lobby"]
     assert method == "SendData" and req.room == "lobby" and req.topic == TOPIC and req.kind == 0  # RELIABLE
     assert claims.video.room_admin and claims.video.room == "lobby"
     sent = json.loads(req.data)
@@ -384,7 +505,18 @@ async def test_bad_speak_is_refused_before_anything_is_sent(control_plane):
     assert (voice.status_code, voice.json()["code"]) == (422, "unknown_voice")
     assert (missing.status_code, missing.json()["code"]) == (404, "unknown_room")
     assert anonymous.status_code == 401
-    assert [m for m, _, _ in stand_in.calls] == ["SendData"]  # only the one for the missing room
+    assert [m for m, _, _ in stand_in.calls] == ["ListRooms"]  # only the check for the missing room
+
+
+async def test_speak_and_interrupt_to_a_missing_room_are_404(control_plane):
+    """livekit-server answers SendData to a missing room with 503 (the stand-in too): the
+    control plane asks for the room first and says 404, never 502, and sends nothing."""
+    http, admin, stand_in, _ = control_plane
+    speak = await http.post("/v1/rooms/nowhere/speak", json={"text": "anyone?"}, headers=admin)
+    interrupt = await http.post("/v1/rooms/nowhere/interrupt", json={}, headers=admin)
+    assert (speak.status_code, speak.json()["code"]) == (404, "unknown_room")
+    assert (interrupt.status_code, interrupt.json()["code"]) == (404, "unknown_room")
+    assert [(m, list(r.names)) for m, r, _ in stand_in.calls] == [("ListRooms", ["nowhere"])] * 2
 
 
 async def test_explicit_dispatch_and_room_listing(control_plane):

@@ -82,6 +82,24 @@ async def test_interrupt_by_id_removes_a_queued_one_and_unknown_id_is_an_error()
     assert [e["id"] for e in s.of("finished")] == ["a", "c"]
 
 
+async def test_interrupt_from_cancels_every_utterance_of_that_sender_only():
+    s = Stage()
+    s.send({"type": "synthesize", "id": "a1", "text": "playing now", "from": "alice"})
+    s.send({"type": "synthesize", "id": "b1", "text": "from bob", "from": "bob"})
+    s.send({"type": "synthesize", "id": "a2", "text": "alice again", "from": "alice"})
+    s.send({"type": "synthesize", "id": "n", "text": "nobody's"})
+    await s.settle()
+    s.tick()
+    s.send({"type": "interrupt", "from": "alice"})
+    assert {e["id"]: e["played_ms"] > 0 for e in s.of("interrupted")} == {"a1": True, "a2": False}
+    s.send({"type": "interrupt", "from": "nobody"})  # nothing of theirs: not an error, nothing changes
+    await s.play_until_idle()
+    assert [e["id"] for e in s.of("finished")] == ["b1", "n"]
+    with pytest.raises(ProtocolError) as err:
+        s.send({"type": "interrupt", "id": "b1", "from": "bob"})
+    assert err.value.code.value == "bad_message"
+
+
 async def test_interrupt_without_id_drops_the_queue():
     s = Stage()
     for uid in "abc":

@@ -3,7 +3,10 @@
 The agent joins a LiveKit room as a participant: one audio track fed from an
 `rtc.AudioSource`, the room protocol on reliable data packets with topic `tts`, and each
 caption sentence also published as a LiveKit transcription (text stream on
-`lk.transcription`) so standard LiveKit UIs show it.
+`lk.transcription`, and the deprecated transcription packet beside it) so standard LiveKit
+UIs show it. The agent's `lk.agent.state` attribute follows what it does (livekit_state.py);
+a dispatch's metadata sets the room's starting voice, speed, danmu and barge-in
+(livekit_metadata.py).
 
 Two long-lived tasks per room carry everything out, so the clock's 20 ms tick never awaits
 and never creates a task:
@@ -37,6 +40,8 @@ from ..audio import FRAME_SAMPLES, SAMPLE_RATE
 from ..listening import Listener, Listening
 from ..rooms import Room, RoomRegistry
 from ..vad import SAMPLE_RATE as VAD_RATE
+from .livekit_metadata import apply_dispatch_metadata
+from .livekit_state import ATTR_AGENT_STATE, AgentState, legacy_transcription
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +72,12 @@ class RoomPublisher(Protocol):
 
     async def publish_text(self, text: str, *, topic: str, attributes: dict[str, str]) -> None: ...
 
+    async def publish_transcription(self, transcription: rtc.Transcription) -> None:
+        """The deprecated transcription packet (older LiveKit UIs read only these)."""
+
+    async def set_attributes(self, attributes: dict[str, str]) -> None:
+        """Update the agent participant's attributes (needs canUpdateOwnMetadata)."""
+
     def set_subscribed(self, publication: rtc.RemoteTrackPublication, subscribed: bool) -> None:
         """Ask the server to start or stop sending a remote track to the agent."""
 
@@ -89,6 +100,12 @@ class LocalParticipantPublisher:
         writer = await self.room.local_participant.stream_text(topic=topic, attributes=attributes)
         await writer.write(text)
         await writer.aclose()
+
+    async def publish_transcription(self, transcription: rtc.Transcription) -> None:
+        await self.room.local_participant.publish_transcription(transcription)
+
+    async def set_attributes(self, attributes: dict[str, str]) -> None:
+        await self.room.local_participant.set_attributes(attributes)
 
     def set_subscribed(self, publication: rtc.RemoteTrackPublication, subscribed: bool) -> None:
         publication.set_subscribed(subscribed)
@@ -253,6 +270,7 @@ class LiveKitRoomSink:
             # stay protocol events (LiveKit UIs render whole segments)
             self.session.publish_transcription(ev["text"])
         self.session.publish_event(data.encode(), to)
+        self.session.follow_state(ev)
 
     def close(self) -> None:
         if not self.closed:
@@ -280,6 +298,7 @@ class LiveKitSession:
     identity: str = ""  # the agent's own identity in this room ("" before connecting)
     requested: set[str] = field(default_factory=set)  # mic publications we asked to subscribe
     readers: dict[str, MicReader] = field(default_factory=dict)  # by track publication sid
+    agent_state: AgentState = field(default_factory=AgentState)  # lk.agent.state
 
     @property
     def listening_on(self) -> bool:
@@ -290,10 +309,24 @@ class LiveKitSession:
         self.outbox.put(lambda: self.publisher.publish_data(payload, topic=TOPIC, destination_identities=destinations))
 
     def publish_transcription(self, text: str) -> None:
-        attributes = {ATTR_SEGMENT_ID: f"SG_{secrets.token_hex(6)}", ATTR_FINAL: "true"}
+        segment_id = f"SG_{secrets.token_hex(6)}"
+        attributes = {ATTR_SEGMENT_ID: segment_id, ATTR_FINAL: "true"}
         if self.track_sid:
             attributes[ATTR_TRACK_ID] = self.track_sid
         self.outbox.put(lambda: self.publisher.publish_text(text, topic=TRANSCRIPTION_TOPIC, attributes=attributes))
+        if self.track_sid:  # the legacy packet names the track it transcribes: none, no packet
+            legacy = legacy_transcription(self.identity, self.track_sid, segment_id, text)
+            self.outbox.put(lambda: self.publisher.publish_transcription(legacy))
+
+    def follow_state(self, ev: dict) -> None:
+        """Move `lk.agent.state` after a room event (in order with the events: the outbox)."""
+        room = self.room
+        if room is not None and not room.closed:
+            self.send_state(self.agent_state.after_event(ev, room.speaker))
+
+    def send_state(self, state: str | None) -> None:
+        if state is not None:
+            self.outbox.put(lambda: self.publisher.set_attributes({ATTR_AGENT_STATE: state}))
 
     def on_room_closed(self) -> None:
         if self.transport is not None and not self.leaving:
@@ -344,19 +377,20 @@ class LiveKitTransport:
         assert self._attaching is not None and self._attaching.name == room.name, "rooms open through attach()"
         return LiveKitRoomSink(room, self._attaching)
 
-    async def join(self, url: str, token: str, room_name: str) -> LiveKitSession:
-        """Connect to `room_name` with `token` and start speaking there."""
+    async def join(self, url: str, token: str, room_name: str, metadata: str = "") -> LiveKitSession:
+        """Connect to `room_name` with `token` and start speaking there; `metadata` is the
+        dispatch's (livekit_metadata.py)."""
         if room_name in self.sessions:
             raise ValueError(f"already in room {room_name!r}")
         lk_room = self.room_factory()
         await self.connect(lk_room, url, token)
         try:
-            return await self.attach(lk_room, room_name)
+            return await self.attach(lk_room, room_name, metadata)
         except BaseException:
             await lk_room.disconnect()
             raise
 
-    async def attach(self, lk_room: rtc.Room, room_name: str) -> LiveKitSession:
+    async def attach(self, lk_room: rtc.Room, room_name: str, metadata: str = "") -> LiveKitSession:
         """Publish the track on a (connected) room and wire its events to a core Room."""
         source = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=self.source_queue_ms)
         track = rtc.LocalAudioTrack.create_audio_track(TRACK_NAME, source)
@@ -376,10 +410,12 @@ class LiveKitTransport:
         session.outbox.start()
         self.sessions[room_name] = session
         self._wire(session)
+        apply_dispatch_metadata(session.room, metadata)  # before the `ready` events name the voice
         # participants already in the room when the agent arrived (none for a fresh room)
         for participant in list(lk_room.remote_participants.values()):
             self._participant_joined(session, participant.identity)
         self._sync_listening(session)  # the agent's settings may have barge-in on from the start
+        session.send_state(session.agent_state.joined())
         log.info("joined livekit room", extra={"room": room_name})
         return session
 
@@ -437,6 +473,7 @@ class LiveKitTransport:
             room = session.room
             if room is None or room.closed:
                 return
+            room.speaker.drop_sender(participant.identity)  # its queued lines do not outlive it
             room.peers.get(PEER_ID, {})["participants"] = len(session.participants)
             if not session.participants:
                 # everyone left: the core room's grace period decides when the agent leaves

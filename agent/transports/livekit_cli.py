@@ -26,13 +26,22 @@ from livekit import api
 from livekit.protocol import agent as agent_pb
 from livekit.protocol import models as models_pb
 
+from .livekit_state import ATTR_AGENT_NAME, ATTR_AGENT_STATE, INITIALIZING
+
 log = logging.getLogger(__name__)
 
 DEFAULT_AGENT_NAME = "tts-agent"
 STATUS_INTERVAL_S = 2.5  # how often load goes to the server (livekit-agents uses the same)
-LOAD_THRESHOLD = 0.75  # at or above this share of max_rooms the worker says it is full
+# livekit-server scores a worker by max(0, 0.7 - load) (agentservice.go, agent.DefaultTargetLoad):
+# at 0.7 it gets no more rooms, so at 0.7 the worker says it is full (livekit-agents: 0.7 too)
+LOAD_THRESHOLD = 0.7
 DRAIN_TIMEOUT_S = 30.0  # SIGTERM: rooms still speaking get this long to finish
-ATTR_AGENT_NAME = "lk.agent.name"
+# An accepted availability holds its room this long for the assignment: the server gives up
+# after 10 s (agent.AssignJobTimeout); a little more covers the message in flight.
+ASSIGNMENT_TIMEOUT_S = 15.0
+# What the agent participant carries from the first moment it is in the room: the server
+# copies the availability answer's attributes into the job token (protocol agent.BuildAgentToken).
+JOIN_ATTRIBUTES = {ATTR_AGENT_STATE: INITIALIZING}
 
 
 def agent_ws_url(url: str) -> str:
@@ -47,10 +56,12 @@ def worker_token(key: str, secret: str) -> str:
 
 
 def join_token(key: str, secret: str, room: str, identity: str, ttl_s: int = 6 * 3600) -> str:
+    # the grants and attributes a job token from the server has (agent.BuildAgentToken)
     grants = api.VideoGrants(room_join=True, room=room, agent=True, can_publish=True, can_publish_data=True,
-                             can_subscribe=True)
+                             can_subscribe=True, can_update_own_metadata=True)
     return (api.AccessToken(key, secret).with_identity(identity).with_name(DEFAULT_AGENT_NAME).with_kind("agent")
-            .with_grants(grants).with_ttl(datetime.timedelta(seconds=ttl_s)).to_jwt())
+            .with_grants(grants).with_attributes({ATTR_AGENT_NAME: DEFAULT_AGENT_NAME, **JOIN_ATTRIBUTES})
+            .with_ttl(datetime.timedelta(seconds=ttl_s)).to_jwt())
 
 
 def register_message(agent_name: str, version: str) -> agent_pb.WorkerMessage:
@@ -58,8 +69,11 @@ def register_message(agent_name: str, version: str) -> agent_pb.WorkerMessage:
     msg.register.type = agent_pb.JobType.JT_ROOM
     msg.register.agent_name = agent_name
     msg.register.version = version
+    # what livekit-agents' WorkerPermissions sends by default; the server puts exactly these
+    # grants in each job token, and can_update_metadata is what lets the agent set lk.agent.state
     msg.register.allowed_permissions.CopyFrom(models_pb.ParticipantPermission(
-        can_publish=True, can_subscribe=True, can_publish_data=True, agent=True))
+        can_publish=True, can_subscribe=True, can_publish_data=True, can_update_metadata=True, hidden=False,
+        agent=True))
     return msg
 
 
@@ -75,8 +89,11 @@ class DispatchWorker:
         self.version = version
         self.worker_id = ""
         self.draining = False
-        self.jobs: dict[str, str] = {}  # job id -> room name
+        self.jobs: dict[str, str] = {}  # job id -> room name, from assignment until the agent left
+        self.held: dict[str, str] = {}  # room name -> job id: accepted, not yet assigned
+        self.terminated: set[str] = set()  # jobs the server ended while the agent was joining
         self.registered = asyncio.Event()
+        self.reconnecting = asyncio.Event()  # set while the connection is down, waiting to retry
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._tasks: set[asyncio.Task] = set()
 
@@ -111,44 +128,84 @@ class DispatchWorker:
         elif which == "assignment":
             self._spawn(self._start_job(msg.assignment))
         elif which == "termination":
-            room = self.jobs.get(msg.termination.job_id)
-            session = self.transport.sessions.get(room) if room else None
-            if session is not None:
-                self._spawn(self.transport.leave(session))
+            self._terminate(msg.termination.job_id)
+
+    def _terminate(self, job_id: str) -> None:
+        room = self.jobs.get(job_id)
+        if room is None:
+            return  # not ours, or already over
+        session = self.transport.sessions.get(room)
+        if session is not None:
+            self._spawn(self.transport.leave(session))
+        else:  # still joining: `_start_job` leaves as soon as the join is done
+            self.terminated.add(job_id)
 
     def _availability(self, job: agent_pb.Job) -> agent_pb.WorkerMessage:
+        room = job.room.name
         msg = agent_pb.WorkerMessage()
         msg.availability.job_id = job.id
-        msg.availability.available = self.available and job.room.name not in self.transport.sessions
+        # one agent per room: a room already joined, being joined or promised to another job
+        # (two requests before the first join is done) is refused
+        free = room not in self.transport.sessions and room not in self.jobs.values() \
+            and self.held.get(room, job.id) == job.id
+        msg.availability.available = self.available and free
         if msg.availability.available:
+            self._hold(room, job.id)
             msg.availability.participant_identity = f"{self.agent_name}-{secrets.token_hex(3)}"
             msg.availability.participant_name = self.agent_name
             msg.availability.participant_attributes[ATTR_AGENT_NAME] = self.agent_name
+            msg.availability.participant_attributes.update(JOIN_ATTRIBUTES)
         return msg
+
+    def _hold(self, room: str, job_id: str) -> None:
+        self.held[room] = job_id
+
+        def expire() -> None:  # the server assigned the job elsewhere, or gave up
+            if self.held.get(room) == job_id:
+                del self.held[room]
+
+        asyncio.get_running_loop().call_later(ASSIGNMENT_TIMEOUT_S, expire)
+
+    def load(self) -> float:
+        """The transport's load, counting rooms promised but not yet joined (as livekit-agents
+        counts its reserved slots): two quick requests cannot both take the last place."""
+        waiting = sum(1 for room in set(self.held) | set(self.jobs.values()) if room not in self.transport.sessions)
+        max_rooms = max(1, self.transport.rooms.settings.max_rooms)
+        return min(1.0, self.transport.load() + waiting / max_rooms)
 
     @property
     def available(self) -> bool:
-        return not self.draining and self.transport.load() < self.load_threshold
+        return not self.draining and self.load() < self.load_threshold
 
     async def _start_job(self, assignment: agent_pb.JobAssignment) -> None:
         job = assignment.job
+        room = job.room.name
+        if self.held.get(room) == job.id:
+            del self.held[room]
+        self.jobs[job.id] = room
         try:
-            session = await self.transport.join(assignment.url or self.url, assignment.token, job.room.name)
-        except Exception as exc:
-            log.warning("job %s: cannot join room %s: %s", job.id, job.room.name, exc)
-            self._send(_job_status(job.id, agent_pb.JobStatus.JS_FAILED, str(exc)))
-            return
-        self.jobs[job.id] = job.room.name
-        self._send(_job_status(job.id, agent_pb.JobStatus.JS_RUNNING))
-        await session.left.wait()
-        self.jobs.pop(job.id, None)
-        self._send(_job_status(job.id, agent_pb.JobStatus.JS_SUCCESS))
+            try:
+                session = await self.transport.join(assignment.url or self.url, assignment.token, room, job.metadata)
+            except Exception as exc:
+                log.warning("job %s: cannot join room %s: %s", job.id, room, exc)
+                self._send(_job_status(job.id, agent_pb.JobStatus.JS_FAILED, str(exc)))
+                return
+            if job.id in self.terminated:
+                log.info("job %s ended by the server while joining %s: leaving", job.id, room)
+                await self.transport.leave(session)
+            else:
+                self._send(_job_status(job.id, agent_pb.JobStatus.JS_RUNNING))
+                await session.left.wait()
+            self._send(_job_status(job.id, agent_pb.JobStatus.JS_SUCCESS))
+        finally:
+            self.jobs.pop(job.id, None)
+            self.terminated.discard(job.id)
 
     def status_message(self) -> agent_pb.WorkerMessage:
         full = self.draining or not self.available
         msg = agent_pb.WorkerMessage()
         msg.update_worker.status = agent_pb.WorkerStatus.WS_FULL if full else agent_pb.WorkerStatus.WS_AVAILABLE
-        msg.update_worker.load = self.transport.load()
+        msg.update_worker.load = self.load()
         msg.update_worker.job_count = len(self.jobs)
         return msg
 
@@ -176,6 +233,34 @@ class DispatchWorker:
             await asyncio.wait(set(self._tasks), timeout=5)
         if self._ws is not None:
             await self._ws.close()
+
+
+async def serve_worker(worker: DispatchWorker, stop: asyncio.Event, drain_timeout: float = DRAIN_TIMEOUT_S) -> None:
+    """Keep `worker` registered (reconnecting with back-off) until `stop` (SIGTERM), then
+    drain. Rooms joined stay joined while the connection to the server is down, so a stop
+    during the back-off drains them too."""
+    delay = 1.0
+    while not stop.is_set():
+        run = asyncio.create_task(worker.run())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({run, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if stop.is_set():
+            await worker.drain(drain_timeout)
+            await asyncio.gather(run, return_exceptions=True)
+            return
+        stopping.cancel()
+        exc = run.exception()
+        delay = 1.0 if worker.registered.is_set() else min(delay * 2, 30.0)
+        worker.registered.clear()
+        log.warning("livekit worker connection ended (%s); reconnecting in %.0f s", exc, delay)
+        worker.reconnecting.set()
+        try:
+            await asyncio.wait_for(stop.wait(), delay)  # back off, but stop at once on SIGTERM
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            worker.reconnecting.clear()
+    await worker.drain(drain_timeout)  # stopped while backing off: no connection, rooms still joined
 
 
 def _job_status(job_id: str, status: int, error: str = "") -> agent_pb.WorkerMessage:
@@ -247,24 +332,7 @@ def cmd_worker(args) -> int:
         worker = DispatchWorker(transport, args.url, args.api_key, args.api_secret, agent_name=args.agent_name)
         stop = asyncio.Event()
         _on_sigterm(stop)
-        delay = 1.0
-        while not stop.is_set():
-            run = asyncio.create_task(worker.run())
-            stopping = asyncio.create_task(stop.wait())
-            await asyncio.wait({run, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            if stop.is_set():
-                await worker.drain(args.drain_timeout)
-                await asyncio.gather(run, return_exceptions=True)
-                break
-            stopping.cancel()
-            exc = run.exception()
-            delay = 1.0 if worker.registered.is_set() else min(delay * 2, 30.0)
-            worker.registered.clear()
-            log.warning("livekit worker connection ended (%s); reconnecting in %.0f s", exc, delay)
-            try:
-                await asyncio.wait_for(stop.wait(), delay)  # back off, but stop at once on SIGTERM
-            except asyncio.TimeoutError:
-                pass
+        await serve_worker(worker, stop, args.drain_timeout)
         _close_engines(engines)
 
     asyncio.run(main())

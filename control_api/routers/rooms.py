@@ -9,16 +9,17 @@ from fastapi import APIRouter, Body, Depends
 from agent.auth import Principal
 from agent.runtime import Agent
 
-from ..deps import ADMIN_REFUSALS, get_agent, rate_limited, require_admin
+from ..deps import ADMIN_REFUSALS, BAD_ROOM, get_agent, rate_limited, require_admin, valid_room
 from ..models import Accepted, InterruptBody, PauseBody, Problem as ProblemOut, RoomSummary, SpeakBody
 from ..problems import Problem
 
 log = logging.getLogger(__name__)
-router = APIRouter(tags=["rooms"], dependencies=[Depends(require_admin)], responses=ADMIN_REFUSALS)
+router = APIRouter(tags=["rooms"], dependencies=[Depends(valid_room), Depends(require_admin)],
+                   responses=ADMIN_REFUSALS)
 
 # Every route here is `async def`: rooms live on the event loop, and a sync route would run
 # in a worker thread, racing the frame clock (and finding no loop to start synthesis on).
-_NO_ROOM = {404: {"model": ProblemOut, "description": "no such room (a room exists while a peer is in it)"}}
+_NO_ROOM = BAD_ROOM | {404: {"model": ProblemOut, "description": "no such room (a room exists while a peer is in it)"}}
 
 
 def _room(agent: Agent, room: str):
@@ -65,9 +66,10 @@ async def speak(room: str, body: SpeakBody, agent: Agent = Depends(get_agent),
 )
 async def interrupt(room: str, body: InterruptBody | None = Body(None), agent: Agent = Depends(get_agent)) -> Accepted:
     """The `interrupt` message over HTTP: with `id` that utterance (404 `unknown_utterance` if it is
-    neither queued nor playing), without it what is playing and the whole queue."""
+    neither queued nor playing), with `from` every utterance of that sender, without either what
+    is playing and the whole queue."""
     target = _room(agent, room)
-    data = {} if body is None else body.model_dump(exclude_none=True, exclude={"type"})
+    data = {} if body is None else body.model_dump(exclude_none=True, exclude={"type"}, by_alias=True)
     agent.interrupt(target, data)
     log.info("interrupt over HTTP", extra={"room": room, "utterance": data.get("id")})
     return Accepted(id=data.get("id") or "*", room=room, status="interrupted")

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends
 
 from agent.runtime import Agent
 
-from ..deps import ADMIN_REFUSALS, admin_or_dev, get_agent
+from ..deps import ADMIN_REFUSALS, admin_or_dev, check_token_ttl, get_agent
 from ..models import TokenRequest, TokenResponse
 
 router = APIRouter(tags=["tokens"])
@@ -17,6 +17,7 @@ router = APIRouter(tags=["tokens"])
 def create_token(body: TokenRequest, agent: Agent = Depends(get_agent)) -> TokenResponse:
     """A room token: a LiveKit access token for `room` (HS256, issuer = API key). Needs an admin
     token, except in dev mode (no API keys configured) for clients on loopback."""
+    check_token_ttl(body.ttl_s, agent)
     token = agent.tokens.mint(body.identity, room=body.room, name=body.name, ttl_s=body.ttl_s,
                               can_publish_data=body.can_publish_data, can_subscribe=body.can_subscribe)
     url = agent.settings.livekit_url or agent.settings.base_url

@@ -7,16 +7,17 @@ import logging
 from fastapi import APIRouter, Depends, Request, Response
 
 from agent.auth import Principal
+from agent.room_names import room_path
 from agent.rooms import RoomLimit
 from agent.runtime import Agent
 from agent.transports.webrtc import OfferError
 
-from ..deps import RATE_LIMITED, ROOM_REFUSALS, get_agent, rate_limited, room_principal
+from ..deps import BAD_ROOM, RATE_LIMITED, ROOM_REFUSALS, get_agent, rate_limited, room_principal, valid_room
 from ..models import Problem as ProblemOut
 from ..problems import Problem
 
 log = logging.getLogger(__name__)
-router = APIRouter(tags=["whep"], responses=ROOM_REFUSALS)
+router = APIRouter(tags=["whep"], dependencies=[Depends(valid_room)], responses=ROOM_REFUSALS | BAD_ROOM)
 SDP = "application/sdp"
 
 
@@ -31,8 +32,11 @@ def whep_options() -> Response:
     dependencies=[Depends(rate_limited)],
     responses={
         201: {"content": {SDP: {"schema": {"type": "string"}}}, "description": "SDP answer; Location names the session"},
-        400: {"model": ProblemOut, "description": "`bad_offer`: not an SDP offer this agent can answer"},
+        400: {"model": ProblemOut, "description": "`bad_offer`: not an SDP offer this agent can answer; "
+                                                  "`bad_room`: not a valid room name"},
         415: {"model": ProblemOut, "description": "the body is not application/sdp"},
+        429: {"model": ProblemOut, "description": "`rate_limited`, or `too_many_sessions`: this identity "
+                                                  "already holds its share of the room's peers"},
         503: {"model": ProblemOut, "description": "`capacity`: too many peers in the room or rooms in the agent"},
     } | RATE_LIMITED,
     openapi_extra={"requestBody": {"required": True, "content": {SDP: {"schema": {"type": "string"}}}}},
@@ -48,6 +52,7 @@ async def whep_offer(room: str, request: Request, agent: Agent = Depends(get_age
         offer = (await request.body()).decode("utf-8")
     except UnicodeDecodeError:
         raise Problem(400, "the offer is not UTF-8 text") from None
+    _check_share(agent, room, principal.identity)
     try:
         session = await agent.webrtc.answer(room, offer, principal.identity,
                                             can_publish=principal.can_publish_data or principal.room_admin)
@@ -58,9 +63,21 @@ async def whep_offer(room: str, request: Request, agent: Agent = Depends(get_age
         raise Problem(503, str(exc), code="capacity", headers={"Retry-After": "5"}) from None
     log.info("peer joined", extra={"room": room, "peer": session.peer_id, "identity": principal.identity,
                                    "can_publish": session.can_publish})
-    location = f"/v1/rooms/{room}/whep/{session.id}"
+    # percent-encoded: a room named in any script gives a header that is ASCII and resolves
+    location = f"/v1/rooms/{room_path(room)}/whep/{session.id}"
     return Response(session.pc.localDescription.sdp, status_code=201, media_type=SDP,
                     headers={"Location": location, "ETag": f'"{session.id}"'})
+
+
+def _check_share(agent: Agent, room: str, identity: str) -> None:
+    """One token (one identity) may not take all of a room's peer slots. Checked right before
+    `answer`, which adds the peer before its first await: no second offer slips in between."""
+    limit = agent.settings.max_peers_per_identity
+    held = sum(1 for s in agent.webrtc.sessions.values() if s.room.name == room and s.identity == identity)
+    if held >= limit:
+        log.warning("WHEP refused: identity over its share", extra={"room": room, "identity": identity})
+        raise Problem(429, f"{identity!r} already has {held} sessions in this room, the most allowed "
+                      "(max_peers_per_identity)", code="too_many_sessions", headers={"Retry-After": "5"})
 
 
 @router.delete("/v1/rooms/{room}/whep/{session_id}", status_code=200,

@@ -14,13 +14,13 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import pydle
 import pytest
 
-from agent.bridges.backoff import Backoff
-from agent.bridges.irc import IrcBridge
-from agent.bridges.lines import LineFilter
-from agent.bridges.sink import AdminToken, SpeakSink
+from bridges.backoff import Backoff
+from bridges.irc import IrcBridge
+from bridges.ircmsg import format_line, parse
+from bridges.lines import LineFilter
+from bridges.sink import AdminToken, SpeakSink
 from tests.conftest import start_agent, stop_agent
 
 NGIRCD = "/usr/sbin/ngircd"
@@ -105,28 +105,54 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class Viewer(pydle.MinimalClient):
-    """A chat user posting to the channel, through the same IRC library as the bridge."""
-
-    RECONNECT_ON_ERROR = False
+class Viewer:
+    """A chat user posting to the channel: a few raw IRC lines (registration, JOIN, PRIVMSG)."""
 
     def __init__(self, nick: str):
-        super().__init__(nick)
-        self.in_channel_now = asyncio.Event()
+        self.nickname = nick
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
 
-    async def on_connect(self) -> None:
-        await super().on_connect()
-        await self.join(CHANNEL)
+    @property
+    def connected(self) -> bool:
+        return self.writer is not None and not self.writer.is_closing()
 
-    async def on_join(self, channel: str, user: str) -> None:
-        if self.is_same_nick(user, self.nickname):
-            self.in_channel_now.set()
+    def _send(self, *params: str) -> None:
+        self.writer.write(format_line(*params).encode() + b"\r\n")
+
+    async def connect(self, port: int) -> None:
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", port)
+        self._send("NICK", self.nickname)
+        self._send("USER", self.nickname, "0", "*", self.nickname)
+        joined = False
+        while not joined:
+            msg = parse((await self.reader.readline()).decode().rstrip("\r\n"))
+            if msg.command == "PING":
+                self._send("PONG", msg.param(0))
+            elif msg.command == "001":
+                self._send("JOIN", CHANNEL)
+            elif msg.command == "JOIN" and msg.nick == self.nickname:
+                joined = True
+        self._keepalive = asyncio.create_task(self._answer_pings())
+
+    async def _answer_pings(self) -> None:
+        while line := await self.reader.readline():
+            msg = parse(line.decode().rstrip("\r\n"))
+            if msg.command == "PING":
+                self._send("PONG", msg.param(0))
+
+    async def message(self, target: str, text: str) -> None:
+        self._send("PRIVMSG", target, text)
+        await self.writer.drain()
+
+    async def disconnect(self) -> None:
+        self._keepalive.cancel()
+        self.writer.close()
 
 
 async def viewer(server: NgircdServer, nick: str) -> Viewer:
     v = Viewer(nick)
-    await v.connect("127.0.0.1", server.port)
-    await asyncio.wait_for(v.in_channel_now.wait(), 10)
+    await asyncio.wait_for(v.connect(server.port), 10)
     return v
 
 

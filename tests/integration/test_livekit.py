@@ -117,3 +117,91 @@ async def test_join_speak_hear_interrupt():
     finally:
         await user.disconnect()
         await transport.drain(timeout=0)
+
+
+async def test_worker_dispatch_state_transcriptions_and_termination():
+    """What the offline stand-ins assume about the server, checked against a real one: the
+    job token lets the agent set `lk.agent.state` (allowed_permissions), dispatch metadata
+    arrives in Job.metadata, legacy transcription packets reach a client, SendData to a
+    missing room is 503 (so the control plane asks list_rooms first), and deleting the room
+    ends the job."""
+    from livekit import api, rtc
+
+    from agent.rooms import RoomRegistry
+    from agent.settings import Settings
+    from agent.transports.livekit import TOPIC, LiveKitTransport
+    from agent.transports.livekit_cli import DispatchWorker
+    from engines.registry import VoiceRegistry
+    from tests.conftest import shared_engines
+
+    room_name, agent_name = f"it-{secrets.token_hex(4)}", f"it-agent-{secrets.token_hex(3)}"
+    settings = Settings(voice="espeak:en-us", room_grace_s=0)
+    transport = LiveKitTransport(RoomRegistry(settings, VoiceRegistry(shared_engines(), settings.voice)))
+    worker = DispatchWorker(transport, URL, KEY, SECRET, agent_name=agent_name)
+    run = asyncio.create_task(worker.run())
+    user = rtc.Room()
+    states: asyncio.Queue[str] = asyncio.Queue()
+    legacy: list[str] = []
+    events: asyncio.Queue[dict] = asyncio.Queue()
+
+    @user.on("participant_attributes_changed")
+    def on_attributes(changed: dict, participant) -> None:
+        if "lk.agent.state" in changed:
+            states.put_nowait(changed["lk.agent.state"])
+
+    @user.on("participant_connected")
+    def on_joined(participant) -> None:
+        if participant.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT:
+            states.put_nowait(participant.attributes.get("lk.agent.state", ""))
+
+    @user.on("transcription_received")
+    def on_transcription(segments, participant, publication) -> None:
+        legacy.extend(s.text for s in segments if s.final)
+
+    @user.on("data_received")
+    def on_data(packet: rtc.DataPacket) -> None:
+        if packet.topic == TOPIC:
+            events.put_nowait(json.loads(packet.data))
+
+    async def state(expected: str) -> None:
+        while (await asyncio.wait_for(states.get(), 30)) != expected:
+            pass
+
+    async def event(kind: str) -> dict:
+        while True:
+            ev = await asyncio.wait_for(events.get(), 30)
+            if ev["type"] == kind:
+                return ev
+
+    lk = api.LiveKitAPI(URL.replace("ws", "http", 1), KEY, SECRET)
+    try:
+        await asyncio.wait_for(worker.registered.wait(), 30)
+        await lk.room.create_room(api.CreateRoomRequest(name=room_name))
+        token = (api.AccessToken(KEY, SECRET).with_identity("watcher")
+                 .with_grants(api.VideoGrants(room_join=True, room=room_name)).to_jwt())
+        await user.connect(URL, token)
+        await lk.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(
+            agent_name=agent_name, room=room_name, metadata=json.dumps({"speed": 1.5})))
+        await state("listening")  # set by the agent: the job token allowed it
+        assert transport.sessions[room_name].room.speaker.speed == 1.5  # the dispatch metadata
+        said = json.dumps({"type": "synthesize", "id": "s", "text": "Checking the agent state."})
+        await user.local_participant.publish_data(said, reliable=True, topic=TOPIC)
+        await state("speaking")
+        await event("finished")
+        await state("listening")
+        assert any("Checking the agent state." in t for t in legacy)  # the deprecated packets arrive
+
+        with pytest.raises(api.TwirpError) as refused:
+            missing = f"missing-{secrets.token_hex(4)}"
+            await lk.room.send_data(api.SendDataRequest(room=missing, data=b"{}", topic=TOPIC))
+        assert refused.value.status == 503  # as the control plane's stand-in answers
+
+        session = transport.sessions[room_name]
+        await lk.room.delete_room(api.DeleteRoomRequest(room=room_name))
+        await asyncio.wait_for(session.left.wait(), 30)
+    finally:
+        await user.disconnect()
+        await lk.aclose()
+        await worker.drain(timeout=0)
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)

@@ -25,6 +25,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--command-prefix", default="!",
                    help="lines starting with this are chat commands, not read (default %(default)r; '' reads all)")
     p.add_argument("--strip-links", action="store_true", help="remove URLs from lines before they are read")
+    p.add_argument("--mention", action="append", default=[], metavar="NAME",
+                   help="lines that mention NAME (the streamer, with or without @) go first (repeatable)")
     p.add_argument("--max-backlog", type=int, default=1000,
                    help="lines held while the agent is unreachable or busy (default %(default)s)")
     p.add_argument("--metrics-port", type=int, help="serve this bridge's Prometheus counters on 127.0.0.1:PORT")
@@ -36,7 +38,8 @@ def register(sub) -> None:
     bridge = sub.add_parser("bridge", help="read a live chat (IRC/Twitch, Bilibili, JSON lines) into a room")
     bsub = bridge.add_subparsers(dest="bridge_command", required=True)
 
-    irc = bsub.add_parser("irc", help="an IRC channel (Twitch chat: --server irc.chat.twitch.tv:6697 --tls)")
+    irc = bsub.add_parser("irc", help="an IRC channel (Twitch chat: --server irc.chat.twitch.tv:6697 --tls); "
+                                      "Twitch's message ids, bits, subs and moderation are read when offered")
     irc.add_argument("--server", required=True, help="HOST:PORT of the IRC server")
     irc.add_argument("--tls", action="store_true", help="connect with TLS")
     irc.add_argument("--no-tls-verify", action="store_true", help="accept any TLS certificate (self-signed test servers)")
@@ -66,20 +69,17 @@ def _sink(args, bridge: str) -> SpeakSink:
     if args.max_backlog < 1:
         sys.exit("tts-agent bridge: --max-backlog must be at least 1")
     token = AdminToken(token=args.token, api_key=args.api_key, api_secret=args.api_secret, room=args.room)
-    line_filter = LineFilter(args.ignore_sender, args.command_prefix, args.strip_links)
+    line_filter = LineFilter(args.ignore_sender, args.command_prefix, args.strip_links, args.mention)
     return SpeakSink(args.agent_url, args.room, token, bridge=bridge, line_filter=line_filter,
                      max_backlog=args.max_backlog, verbose=args.verbose)
 
 
 def _setup(args) -> None:
-    from ..logs import setup_logging
+    from agent.logs import setup_logging
 
     setup_logging(args.log_format, "INFO")
-    # the libraries' own logs are per message or per unknown numeric: only with --verbose
-    for noisy in ("pydle", "tts_agent.bridge.irc.pydle", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.INFO if args.verbose else logging.ERROR)
-    # blivedm logs its websocket reconnects (connection changes) as warnings: keep those
-    logging.getLogger("blivedm").setLevel(logging.INFO if args.verbose else logging.WARNING)
+    # httpx logs every request: only with --verbose
+    logging.getLogger("httpx").setLevel(logging.INFO if args.verbose else logging.ERROR)
     if args.metrics_port is not None:
         from prometheus_client import start_http_server
 
@@ -133,10 +133,12 @@ def cmd_irc(args) -> int:
 
 
 def cmd_bilibili(args) -> int:
-    from .bilibili import MISSING, BilibiliBridge, Templates
+    try:
+        import brotli  # noqa: F401  (Bilibili's brotli bodies)
+    except ImportError as exc:
+        sys.exit(f"tts-agent bridge bilibili: needs brotli (pip install 'tts-agent[bilibili]'): {exc}")
+    from .bilibili import BilibiliBridge, Templates
 
-    if MISSING is not None:
-        sys.exit(f"tts-agent bridge bilibili: needs blivedm (pip install blivedm): {MISSING}")
     _setup(args)
     defaults = Templates()
     templates = Templates(gift=args.gift_template or defaults.gift, guard=args.guard_template or defaults.guard,

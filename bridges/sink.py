@@ -12,13 +12,13 @@ import asyncio
 import datetime
 import logging
 import time
-from collections import Counter as Tally
+from collections import Counter as Tally, deque
 
 import httpx
 
 from . import metrics
 from .backoff import Backoff
-from .lines import ChatLine, LineFilter
+from .lines import ChatLine, LineFilter, Retract
 
 log = logging.getLogger("tts_agent.bridge")
 
@@ -66,8 +66,16 @@ class SpeakSink:
         self.counts: Tally[str] = Tally()  # "in", "spoken", "dropped:<reason>"
         self._token = token
         self._url = f"/v1/rooms/{room}/speak"
+        self._interrupt_url = f"/v1/rooms/{room}/interrupt"
         self._http = httpx.AsyncClient(base_url=agent_url.rstrip("/"), timeout=10)
-        self._queue: asyncio.Queue[ChatLine] = asyncio.Queue(max_backlog)
+        # lines and retractions, posted in order; a retraction first takes its lines out of here
+        self._pending: deque[ChatLine | Retract] = deque()
+        self._max_backlog = max_backlog
+        self._lines_pending = 0
+        self._wake = asyncio.Event()
+        self._busy = False  # a post is in flight
+        self._drained = asyncio.Event()
+        self._drained.set()
         self._line_level = logging.INFO if verbose else logging.DEBUG
         self._agent_down = False
         self._room_missing = False
@@ -83,10 +91,41 @@ class SpeakSink:
             self._count_dropped(line, reason or "filtered")
             return
         self.start()
-        try:
-            self._queue.put_nowait(admitted)
-        except asyncio.QueueFull:
+        if self._lines_pending >= self._max_backlog:
             self._count_dropped(admitted, "backlog")
+            return
+        self._lines_pending += 1
+        self._push(admitted)
+
+    def retract(self, what: Retract) -> None:
+        """A moderator removed chat: lines still waiting here are dropped (`deleted`), and the room
+        is told to interrupt what it holds, unless the one line named never left this bridge."""
+        self.counts["retractions"] += 1
+        metrics.RETRACTIONS.labels(self.bridge).inc()
+        kept: deque[ChatLine | Retract] = deque()
+        found = False
+        for item in self._pending:
+            if isinstance(item, ChatLine) and what.matches(item):
+                self._lines_pending -= 1
+                self._count_dropped(item, "deleted")
+                found = True
+            else:
+                kept.append(item)
+        self._pending = kept
+        if found and what.id is not None:
+            return  # it never reached the room: nothing to interrupt there
+        self.start()
+        self._push(what)
+
+    @property
+    def backlog(self) -> int:
+        """Lines and retractions waiting to be posted (the one in flight not counted)."""
+        return len(self._pending)
+
+    def _push(self, item: ChatLine | Retract) -> None:
+        self._pending.append(item)
+        self._drained.clear()
+        self._wake.set()
 
     def reject(self, line: ChatLine, reason: str) -> None:
         """A line the chat source itself rules out (malformed input, a sticker, a free gift)."""
@@ -119,7 +158,12 @@ class SpeakSink:
 
     async def drain(self) -> None:
         """Wait until every submitted line has been answered (end of a piped input)."""
-        await self._queue.join()
+        if self._worker is None or self._worker.done():
+            self._pending.clear()
+        else:
+            drained = asyncio.ensure_future(self._drained.wait())
+            await asyncio.wait({drained, self._worker}, return_when=asyncio.FIRST_COMPLETED)
+            drained.cancel()
         if self._worker is not None and self._worker.done():
             self._worker.result()  # a fatal error (refused token) surfaces here
 
@@ -136,25 +180,30 @@ class SpeakSink:
         await self._http.aclose()
 
     async def _run(self) -> None:
-        while True:
-            line = await self._queue.get()
-            try:
-                await self._post(line)
-            except BaseException:
-                # leave nothing for drain() to wait on: the process is going down with this error
-                while not self._queue.empty():
-                    self._queue.get_nowait()
-                    self._queue.task_done()
-                raise
-            finally:
-                self._queue.task_done()
+        try:
+            while True:
+                if not self._pending:
+                    self._drained.set()
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                item = self._pending.popleft()
+                if isinstance(item, ChatLine):
+                    self._lines_pending -= 1
+                    await self._post(item, self._url, item.synthesize_body())
+                else:
+                    await self._post(item, self._interrupt_url, item.interrupt_body())
+        finally:
+            # leave nothing for drain() to wait on: the process is going down (or the sink closes)
+            self._pending.clear()
+            self._lines_pending = 0
+            self._drained.set()
 
-    async def _post(self, line: ChatLine) -> None:
+    async def _post(self, item: ChatLine | Retract, url: str, body: dict) -> None:
         backoff = Backoff(0.5, 30)
         while True:
             try:
-                resp = await self._http.post(self._url, json=line.synthesize_body(),
-                                             headers={"Authorization": f"Bearer {self._token.get()}"})
+                resp = await self._http.post(url, json=body, headers={"Authorization": f"Bearer {self._token.get()}"})
             except httpx.TransportError as exc:
                 if not self._agent_down:
                     log.warning("%s: agent unreachable (%s); lines wait, up to the backlog", self.bridge,
@@ -168,8 +217,25 @@ class SpeakSink:
             if resp.status_code == 429 and "retry-after" in resp.headers:
                 await asyncio.sleep(min(MAX_RETRY_AFTER_S, _seconds(resp.headers["retry-after"])))
                 continue
-            self._answered(line, resp)
+            if isinstance(item, ChatLine):
+                self._answered(item, resp)
+            else:
+                self._retracted(item, resp)
             return
+
+    def _retracted(self, what: Retract, resp: httpx.Response) -> None:
+        status = resp.status_code
+        if status in (401, 403):
+            raise BridgeError(f"the agent refused the token ({status}): {_detail(resp)}")
+        if status == 202:
+            self.counts["retractions_sent"] += 1
+        elif status == 404 and _code(resp) == "unknown_utterance":
+            self.counts["retractions_late"] += 1  # already spoken (or dropped by the room): nothing to cut
+        else:
+            log.log(self._line_level, "%s: interrupt %s not applied (%d): %s", self.bridge, what.interrupt_body(),
+                    status, _detail(resp))
+            self.counts["retractions_failed"] += 1
+        log.log(self._line_level, "%s: retracted %s (%d)", self.bridge, what.interrupt_body(), status)
 
     def _answered(self, line: ChatLine, resp: httpx.Response) -> None:
         status = resp.status_code
