@@ -65,7 +65,7 @@ class BargeIn(_Message):
     clear_queue: bool = True
     # with `interrupt`: speech first pauses the agent; only speech still going this long after
     # it began interrupts, shorter speech (a cough, "uh-huh") resumes it with nothing lost
-    confirm_ms: int = Field(600, ge=0, le=10_000)
+    confirm_ms: int = Field(700, ge=0, le=10_000)  # bench: all 24 eSpeak words (300-600 ms) resume, all sentences interrupt
     echo_cancel: bool = True  # cancel the agent's own voice from what it hears, before the VAD
 
 
