@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from array import array
 from dataclasses import dataclass, field
+from typing import Callable
 
 import av
 import httpx
@@ -46,21 +48,35 @@ class ReceivedPacket:
 
 @dataclass
 class RoomClient:
+    """One peer of a room. For many cheap peers (load generators), `decode=False` swallows each
+    packet at the tap (no jitter buffer, no decoder: aiortc's decode costs a load process more
+    CPU than the server spends sending), `keep_payloads=False` keeps only arrival times and RTP
+    timestamps, and `keep_events=False` only counts events by type."""
+
     base_url: str
     room: str
     token: str
     send_audio: MediaStreamTrack | None = None  # a microphone track (barge-in)
     packets: list[ReceivedPacket] = field(default_factory=list)
     events: list[dict] = field(default_factory=list)
+    http: httpx.AsyncClient | None = None  # shared with other clients (then not closed here)
+    decode: bool = True
+    keep_payloads: bool = True
+    keep_events: bool = True
+    on_event: Callable[[dict], None] | None = None  # called with every event as it arrives
 
     def __post_init__(self) -> None:
         self.pc = RTCPeerConnection()
         self.channel = None
         self.location: str | None = None
+        self.arrivals = array("d")  # perf_counter at each packet's arrival (every packet, always kept)
+        self.timestamps = array("q")  # its RTP timestamp
+        self.event_counts: dict[str, int] = {}
         self._event_waiters: list[tuple[callable, asyncio.Future]] = []
         self._packet_waiters: list[tuple[callable, asyncio.Future]] = []
         self.ready: asyncio.Future = asyncio.get_running_loop().create_future()
-        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=20)
+        self._own_http = self.http is None
+        self._http = self.http if self.http is not None else httpx.AsyncClient(base_url=self.base_url, timeout=20)
 
     async def connect(self) -> dict:
         """WHEP offer → answer; returns the `ready` event."""
@@ -74,10 +90,19 @@ class RoomClient:
 
         @pc.on("track")
         def on_track(track) -> None:
-            tap_rtp(pc, track, lambda packet: self._on_packet(ReceivedPacket(
-                time.perf_counter(), packet.timestamp, packet.sequence_number, packet.payload,
-                packet.marker, packet.payload_type, packet.ssrc)))
-            asyncio.ensure_future(self._drain(track))
+            if self.keep_payloads:
+                on_packet = lambda packet: self._on_packet(ReceivedPacket(  # noqa: E731
+                    time.perf_counter(), packet.timestamp, packet.sequence_number, packet.payload,
+                    packet.marker, packet.payload_type, packet.ssrc))
+            else:
+                arrivals, timestamps = self.arrivals, self.timestamps
+
+                def on_packet(packet) -> None:  # no object per packet: a load peer stays cheap
+                    arrivals.append(time.perf_counter())
+                    timestamps.append(packet.timestamp)
+            tap_rtp(pc, track, on_packet, forward=self.decode)
+            if self.decode:
+                asyncio.ensure_future(self._drain(track))
 
         await pc.setLocalDescription(await pc.createOffer())
         resp = await self._http.post(
@@ -86,10 +111,10 @@ class RoomClient:
             headers={"Content-Type": "application/sdp", "Authorization": f"Bearer {self.token}"},
         )
         if resp.status_code != 201:
-            raise RuntimeError(f"WHEP answered {resp.status_code}: {resp.text}")
+            raise RuntimeError(f"WHEP answered {resp.status_code}: {resp.text[:500]}")
         self.location = resp.headers["location"]
         await pc.setRemoteDescription(RTCSessionDescription(sdp=resp.text, type="answer"))
-        return await asyncio.wait_for(self.ready, 20)
+        return await asyncio.wait_for(self.ready, 30)
 
     async def _drain(self, track) -> None:
         # Keep aiortc's decoder side consuming so its queues stay small.
@@ -102,15 +127,22 @@ class RoomClient:
     def _on_message(self, message) -> None:
         ev = json.loads(message)
         ev["_arrival"] = time.perf_counter()
-        self.events.append(ev)
-        if ev.get("type") == "ready" and not self.ready.done():
+        kind = ev.get("type", "?")
+        self.event_counts[kind] = self.event_counts.get(kind, 0) + 1
+        if self.keep_events:
+            self.events.append(ev)
+        if kind == "ready" and not self.ready.done():
             self.ready.set_result(ev)
+        if self.on_event is not None:
+            self.on_event(ev)
         for pred, fut in list(self._event_waiters):
             if not fut.done() and pred(ev):
                 fut.set_result(ev)
                 self._event_waiters.remove((pred, fut))
 
     def _on_packet(self, packet: ReceivedPacket) -> None:
+        self.arrivals.append(packet.arrival)
+        self.timestamps.append(packet.timestamp)
         self.packets.append(packet)
         for pred, fut in list(self._packet_waiters):
             if not fut.done() and pred(packet):
@@ -152,7 +184,8 @@ class RoomClient:
                 await self._http.delete(self.location, headers={"Authorization": f"Bearer {self.token}"})
             except httpx.HTTPError:
                 pass
-        await self._http.aclose()
+        if self._own_http:
+            await self._http.aclose()
         await self.pc.close()
 
 

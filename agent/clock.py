@@ -20,6 +20,7 @@ from typing import Protocol
 from . import metrics
 from .audio import FRAME_MS
 from .gc_tuning import SlackCollector
+from .sched import LoopSlice
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class FrameClock:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._collector = SlackCollector()  # entered while the clock runs
         self._collecting = False
+        self._slice = LoopSlice()  # the loop thread's scheduler slice (agent/sched.py)
         self._epoch: float | None = None
         self._tick = 0
         self.ticks = 0
@@ -94,6 +96,7 @@ class FrameClock:
     def _start(self) -> None:
         loop = asyncio.get_running_loop()
         self._loop = loop
+        self._slice.start()  # this is the loop's thread: its wake-ups must not queue behind others' slices
         if not self._collecting:
             self._collector.__enter__()
             self._collecting = True
@@ -118,6 +121,7 @@ class FrameClock:
             return
         now = self._loop.time  # type: ignore[union-attr]
         start = now()
+        burst = self._slice.tick_started()
         if start - deadline > self.frame_s:
             # the loop was blocked: skip the missed ticks rather than burst through them
             self._tick = int((start - self._epoch) // self.phase_s)  # type: ignore[operator]
@@ -149,6 +153,7 @@ class FrameClock:
             self.frames_late += late
             metrics.FRAMES_LATE.inc(late)
         self._collector.after_tick()
+        self._slice.tick_ended(burst)
 
     async def stop(self) -> None:
         for rooms in self._rooms:

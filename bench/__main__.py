@@ -1,4 +1,4 @@
-"""`python -m bench ttfa|interrupt|capacity|idle|peer|all [--quick]`
+"""`python -m bench ttfa|interrupt|capacity|idle|peer|all [--quick] [--ramps N]`
 
 Prints tables, writes bench/results/<mode>.json (and <mode>.png where a curve says more).
 `all` also runs the benchmarks other modules provide (engines, barge_in, chat_latency, chat_flood)
@@ -46,7 +46,7 @@ def _run_other(name: str, quick: bool) -> None:
         print(f"\n[{name}] failed: {exc!r}")
 
 
-def run(mode: str, quick: bool) -> None:
+def run(mode: str, quick: bool, ramps: int = 1) -> None:
     warnings.filterwarnings("ignore", message=".*HMAC key.*")  # the dev key pair is short by design
     if mode == "all":
         t0 = time.perf_counter()
@@ -54,7 +54,7 @@ def run(mode: str, quick: bool) -> None:
 
         ttfa_result = ttfa.main(quick)
         interrupt.main(quick)
-        capacity_result = capacity.main(quick)
+        capacity_result = capacity.main(quick, ramps=ramps)
         idle.main(quick)
         peer_pipecat.main(quick, ours_ttfa=ttfa_result, ours_capacity=capacity_result)
         for name in OTHER_MODULES:
@@ -62,15 +62,19 @@ def run(mode: str, quick: bool) -> None:
         print(f"\nall: {time.perf_counter() - t0:.0f} s")
         return
     module = importlib.import_module(f"bench.{'peer_pipecat' if mode == 'peer' else mode}")
-    module.main(quick)
+    if mode == "capacity":
+        module.main(quick, ramps=ramps)
+    else:
+        module.main(quick)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("mode", choices=(*MODES, "all"))
     parser.add_argument("--quick", action="store_true", help="tiny scale: seconds per mode (the smoke test)")
+    parser.add_argument("--ramps", type=int, default=1, help="capacity: ramps on fresh servers, median reported")
     args = parser.parse_args(argv)
-    run(args.mode, args.quick)
+    run(args.mode, args.quick, args.ramps)
     return 0
 
 

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -156,6 +157,15 @@ class ProcessMeter:
         return self.proc.memory_info().rss / 2**20
 
 
+def run_queue_wait_s(pid: int, tid: int | None = None) -> float | None:
+    """Seconds a thread (default: the process's main thread, where the servers run their event
+    loop) has waited runnable on a run queue: time other tasks had its core (Linux schedstat)."""
+    try:
+        return int(Path(f"/proc/{pid}/task/{tid or pid}/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def percentiles(values, ps=(50, 95, 99)) -> dict[str, float | int | None]:
     arr = np.asarray(list(values), dtype=float)
     out: dict[str, float | int | None] = {"n": int(arr.size)}
@@ -181,6 +191,85 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor()
+
+
+@contextmanager
+def pinned(cpus: set[int] | None):
+    """Run this process on `cpus` for the duration (no-op where there are too few cores)."""
+    if not cpus or not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) <= max(cpus):
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+PYTHON_LOOP_STEPS = 10_000_000  # "a bare 10-million-step loop": the figure issue reports quote
+
+
+def _python_loop(steps: int) -> int:
+    total = 0
+    for i in range(steps):  # the fixed pure-Python workload: bytecode dispatch and int adds
+        total += i
+    return total
+
+
+def speech_like_frames(n: int = 250, seed: int = 7) -> list:
+    """`n` 20 ms frames of 48 kHz int16 with a gliding voiced tone and noise: CELT's cost
+    depends little on content, but silence is nearly free, so the floor is not measured on it."""
+    import numpy as np
+
+    from agent.audio import FRAME_SAMPLES, SAMPLE_RATE
+
+    t = np.arange(n * FRAME_SAMPLES) / SAMPLE_RATE
+    f0 = 120 + 40 * np.sin(2 * np.pi * 0.7 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / SAMPLE_RATE
+    voiced = sum(np.sin(k * phase) / k for k in range(1, 12))
+    noise = np.random.default_rng(seed).normal(0, 0.05, t.size)
+    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 3 * t) ** 2  # syllable-rate loudness
+    pcm = (9000 * envelope * voiced / 3 + 9000 * noise).clip(-32768, 32767).astype(np.int16)
+    return [np.ascontiguousarray(f) for f in pcm.reshape(n, FRAME_SAMPLES)]
+
+
+def opus_encode_floor_us(frames: list | None = None, repeats: int = 3) -> float:
+    """CPU µs per 20 ms frame for the agent's own encoder settings (agent/opus.py: libopus,
+    mono, 32 kbps, CELT low-delay, complexity 0): what one speaking room costs at the least.
+    Best of `repeats` (CPU time of this thread: another process on the core adds no time)."""
+    from agent.opus import make_encoder
+    from agent.settings import Settings
+
+    settings = Settings()
+    frames = frames if frames is not None else speech_like_frames()
+    best = float("inf")
+    for _ in range(repeats):
+        encoder = make_encoder(settings.opus_bitrate, settings.opus_application, settings.opus_complexity)
+        t0 = time.thread_time()
+        for f in frames:
+            encoder.encode(f)
+        best = min(best, (time.thread_time() - t0) / len(frames))
+        encoder.close()
+    return best * 1e6
+
+
+def reference_speed(quick: bool = False, cpu: int | None = 0) -> dict:
+    """How fast this machine is, measured now, on the core the server will use: figures from
+    two machines (or two hours of one VM) compare only next to these. CPU time, best of 3."""
+    steps = PYTHON_LOOP_STEPS // (10 if quick else 1)
+    with pinned({cpu} if cpu is not None else None):
+        floor_us = opus_encode_floor_us(repeats=2 if quick else 3)
+        loop_s = float("inf")
+        for _ in range(2 if quick else 3):
+            t0 = time.thread_time()
+            _python_loop(steps)
+            loop_s = min(loop_s, time.thread_time() - t0)
+    return {"opus_encodes_per_s": round(1e6 / floor_us), "opus_encode_us": round(floor_us, 2),
+            "python_loop_10M_s": round(loop_s * PYTHON_LOOP_STEPS / steps, 3),
+            "how": "one core, CPU time, best of 3: libopus encodes of 20 ms mono frames at the agent's "
+                   "settings (agent/opus.py), and `for i in range(10**7): total += i`",
+            "load_avg_1m": round(os.getloadavg()[0], 2)}
 
 
 def write_result(mode: str, data: dict) -> Path:

@@ -8,8 +8,17 @@ utterances, so "first packet" means nothing there); capacity is the largest step
 >= 99.9 % of packets arriving within 5 ms of the stream's best case, none missing.
 
 Pipecat pulls protobuf 6 while livekit-protocol here runs protobuf 7, so it lives in its own
-virtual environment (with this one's packages visible), looked for in this order:
-$BENCH_PIPECAT_PYTHON, this interpreter, ~/.cache/tts-agent-bench/pipecat/bin/python.
+virtual environment, looked for in this order: $BENCH_PIPECAT_PYTHON, this interpreter,
+~/.cache/tts-agent-bench/pipecat/bin/python. Besides Pipecat that venv needs what our eSpeak
+engine imports (espeakng-loader, soxr): SETUP_HINT installs all of it from PyPI. A Python is
+taken only if it can import the transport AND start the engine, so a half-made venv is
+reported here instead of answering every WHEP offer with 500.
+
+Pipecat's defaults that differ from ours (left as they are: this compares frameworks as
+shipped): its SmallWebRTC output track goes through aiortc's own Opus encoder, stereo at
+96 kbps with libopus' `voip` application (SILK/hybrid), against our mono 32 kbps CELT
+low-delay at complexity 0; it streams silence between utterances where we send nothing; and
+its audio is paced by its output task on the event loop, not by a shared frame clock.
 """
 
 from __future__ import annotations
@@ -21,11 +30,15 @@ import sys
 from pathlib import Path
 
 from . import capacity, ttfa
-from .common import ServerProcess, our_agent, print_table, write_result
+from .common import REPO_ROOT, ServerProcess, our_agent, print_table, write_result
 
 DEFAULT_VENV = Path.home() / ".cache" / "tts-agent-bench" / "pipecat"
-SETUP_HINT = (f"python3 -m venv --system-site-packages {DEFAULT_VENV} && "
-              f"{DEFAULT_VENV}/bin/pip install 'pipecat-ai[webrtc]'")
+PIPECAT_REQUIREMENTS = ("pipecat-ai[webrtc]==1.14.0", "espeakng-loader>=0.2.4", "soxr>=0.3")  # the last two: engines/espeak.py
+SETUP_HINT = (f"python3 -m venv {DEFAULT_VENV} && {DEFAULT_VENV}/bin/pip install "
+              + " ".join(f"'{r}'" for r in PIPECAT_REQUIREMENTS))
+# what bench.pipecat_server needs, checked the way it uses it (run from the repository root)
+PROBE = ("import pipecat.transports.smallwebrtc.transport; from engines.espeak import EspeakEngine; "
+         "EspeakEngine().voices()")
 
 
 def pipecat_python() -> tuple[str | None, str]:
@@ -35,12 +48,12 @@ def pipecat_python() -> tuple[str | None, str]:
     for python in filter(None, candidates):
         if not Path(python).exists():
             continue
-        probe = subprocess.run([python, "-c", "import pipecat.transports.smallwebrtc.transport"],
-                               capture_output=True, text=True, timeout=120)
+        probe = subprocess.run([python, "-c", PROBE], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
         if probe.returncode == 0:
             return python, python
         tried.append(f"{python}: {probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else 'failed'}")
-    return None, "pipecat-ai[webrtc] not importable (" + "; ".join(tried) + f"). Set it up with: {SETUP_HINT}"
+    return None, ("no Python with Pipecat's SmallWebRTC transport and our eSpeak engine (" + "; ".join(tried)
+                  + f"). Set it up with: {SETUP_HINT}")
 
 
 def pipecat_server(python: str, cpus: str | None = None) -> ServerProcess:
@@ -54,7 +67,7 @@ def _ttfa(server: ServerProcess, n: int) -> dict:
 
 
 def _client_capacity(steps: list[dict]) -> int:
-    return capacity.capacity_of([{**s, "on_time": s["client"]["on_time"]} for s in steps])
+    return capacity.capacity_of(steps, views=("client",))
 
 
 def _ratio(a, b) -> float | None:
@@ -80,7 +93,8 @@ def main(quick: bool = False, ours_ttfa: dict | None = None, ours_capacity: dict
     else:
         ours_steps = ours_capacity["steps"]
     print("Capacity, Pipecat (core 0; load on core 1)", flush=True)
-    theirs_steps = capacity.run_pinned(pipecat_server(python, cpus="0"), quick, agent_counters=False)
+    theirs_steps = capacity.run_pinned(pipecat_server(python, cpus="0"), quick, agent_counters=False,
+                                       browser=False)  # no /demo/listen page there
     ours_cap, theirs_cap = _client_capacity(ours_steps), _client_capacity(theirs_steps)
 
     o, t = ours_t["client_first_speech_ms"], theirs_t["client_first_speech_ms"]
