@@ -5,16 +5,20 @@ agent's voice back 80-250 ms later; Silero VAD hears speech in it and the agent 
 interrupt itself. We know exactly what the room played, sample by sample: `FarEnd` keeps the
 room's outgoing frames by clock slot (at 16 kHz, converted once per room, only while someone
 is cancelling), and each listened participant has an `EchoCanceller`: WebRTC's audio
-processing module as the livekit SDK ships it (AEC3 + high-pass filter), fed the far end
-slot by slot in step with the wall clock and that participant's audio as it arrives.
+processing module as the livekit SDK ships it (AEC3, noise suppression, high-pass filter),
+fed the far end slot by slot and that participant's audio on one timeline: the capture is
+counted on the room's clock from an anchor (not stamped on arrival), so network and loop
+jitter do not move the delay AEC3 sees.
 
 Whether a participant sends echo at all is measured, not assumed: `EchoPath` correlates the
 level envelopes (10 ms log energies) of the far end, while it talks, and of what the
 participant sends, over lags up to 600 ms. Echo shows as a clear peak at the echo path's
 delay (0.75-0.95 at −6 to −20 dB; a headset, or a client with its own echo cancellation,
-sends a flat level or ~0.1), measured per participant. A person who starts talking within
-the agent's first second is ambiguous (two voices starting from silence correlate): until the
-verdict such speech goes through the canceller, damped.
+sends a flat level or ~0.1), with the capture's level following the far end's at a fixed loss
+(within ~1 dB; another voice strays by 3-12 dB), measured per participant. A person who
+starts talking within the agent's first second is ambiguous (two voices rising from silence
+correlate): until the verdict such speech goes through the canceller, damped.
+
 The VAD hears the canceller's output only for a participant with echo (or before the first
 verdict, ~1.2 s into the agent's speech: the agent must not interrupt itself): on a signal
 without echo, AEC3 damps the person's own speech by ~10 dB in its first seconds and Silero
@@ -59,6 +63,7 @@ MIN_ACTIVE = 40  # far-end speech frames a window needs before it says anything 
 TALK_GAP = 15  # far-end frames quieter than ACTIVE_DB but this close to speech still count as talk
 FLAT_DB = 1.0  # a capture level varying less than this (standard deviation) carries no echo
 ECHO_CORR = 0.7  # this correlation or more, ECHO_HITS estimates in a row at one delay: echo
+ECHO_SPREAD_DB = 3.0  # and the capture's level follows the far end's within this (echo: ~0-2 dB, a voice: 3-12)
 ECHO_HITS = 3  # (two voices' envelopes reach ~0.65 at some lag by chance; echo at -20 dB ~0.75-0.95)
 NO_ECHO_CORR = 0.3  # less than this: no echo (between the two: no change)
 FIRST_NO_ECHO_CORR = 0.45  # the first verdict: echo alone measures ≥ 0.7, so a person talking
@@ -155,6 +160,7 @@ class EchoPath:
         self._misses = 0
         self._hits = 0
         self._hit_lag = 0
+        self.spread_db = float("inf")
 
     def add(self, ref_env: float, cap_env: float) -> None:
         self._ref[:-1] = self._ref[1:]
@@ -187,7 +193,8 @@ class EchoPath:
         corr = np.divide((rc * cc).sum(axis=1), denom, out=np.zeros(ENV_LAGS), where=usable)
         lag = int(np.argmax(corr))
         self.correlation = float(corr[lag])
-        if self.correlation >= ECHO_CORR:
+        self.spread_db = self._spread(refs[lag], cap, w[lag] > 0)
+        if self.correlation >= ECHO_CORR and self.spread_db <= ECHO_SPREAD_DB:
             same_delay = self._hits and abs(lag - self._hit_lag) <= 3
             self._hits, self._hit_lag = (self._hits + 1 if same_delay else 1), lag
             if self._hits >= ECHO_HITS:
@@ -200,6 +207,19 @@ class EchoPath:
             self._misses += 1
             if self._misses >= FORGET_ESTIMATES:
                 self.echo = False
+
+
+    @staticmethod
+    def _spread(ref: np.ndarray, cap: np.ndarray, talking: np.ndarray) -> float:
+        """How far the capture's level strays from the far end's plus a constant gain, over
+        the far end's louder half (median absolute deviation, dB): echo follows the far end's
+        level at a fixed loss, another voice does not (the correlation alone cannot tell a
+        person who starts talking after the agent from echo: both rise from silence)."""
+        if talking.sum() < MIN_ACTIVE:
+            return float("inf")
+        loud = talking & (ref > np.median(ref[talking]))
+        diff = cap[loud] - ref[loud]
+        return float(np.median(np.abs(diff - np.median(diff)))) if len(diff) else float("inf")
 
 
 class EchoCanceller:

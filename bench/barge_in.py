@@ -276,14 +276,16 @@ def _server():
 
 
 async def _first_event(client, uid: str, types: tuple[str, ...], timeout: float = 10) -> dict:
-    async def poll():
-        while True:
-            found = [e for e in client.events if e.get("id") == uid and e.get("type") in types]
-            if found:
-                return found[0]
-            await client.wait_packet(client.packets[-1].arrival if client.packets else 0.0, timeout=timeout)
-
-    return await asyncio.wait_for(poll(), timeout)
+    """The first of these events for utterance `uid` (whichever comes first)."""
+    waits = [asyncio.ensure_future(client.wait_event(t, timeout=timeout, id=uid)) for t in types]
+    try:
+        done, _ = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if not done:
+            raise asyncio.TimeoutError(f"none of {types} for {uid}")
+        return min((w.result() for w in done), key=lambda e: e["_arrival"])
+    finally:
+        for w in waits:
+            w.cancel()
 
 
 async def measure_latency(base_url: str, trials: int, barge_in: dict | None = None, room: str = "bench-barge-in") -> list[dict]:
