@@ -19,7 +19,7 @@ import numpy as np
 
 from engines.base import EngineError, Voice
 from engines.registry import UnknownVoice, VoiceRegistry
-from engines.text import complete_prefix
+from engines.text import speakable_prefix
 
 from . import metrics
 from .audio import FADE_SAMPLES, FRAME_SAMPLES, SAMPLE_RATE, PcmBuffer, Resampler, fade_in, fade_out
@@ -48,6 +48,12 @@ SPEED_STEP = 0.1  # danmu max_speed: the reading speed moves at most this much f
 FULL_SPEED_BACKLOG = 10  # ... and reaches max_speed with this many lines waiting (or max_queue)
 RECENT_IDS = 4096  # ids remembered for duplicate detection
 SYNTH_STALL_S = 10.0  # no audio from the engine for this long: engine_error
+# Open (final=false) utterances: below this much queued audio a clause is spoken without
+# waiting for its sentence's end; when the text has also not grown for SLOW_STREAM_S, the
+# whole words so far are. Checked every TEXT_POLL_S while text is pending.
+LOW_WATER_SAMPLES = SAMPLE_RATE * 4 // 5
+SLOW_STREAM_S = 0.25
+TEXT_POLL_S = 0.05
 
 
 GAIN_STEP_DB = 3.0  # per 20 ms frame: a 12 dB duck takes 80 ms each way
@@ -476,25 +482,41 @@ class Speaker:
     # -- synthesis -----------------------------------------------------------------------
 
     async def _texts(self, utt: Utterance):
-        """The text to synthesize, in pieces: all of it at once, or sentence by sentence
-        as an open (final=false) utterance grows."""
+        """The text to synthesize, in pieces: all of it at once, or as an open (final=false)
+        utterance grows: whole sentences while audio is queued (their prosody intact); once
+        less than LOW_WATER_SAMPLES is left, a clause that stands alone; and once the text has
+        also stopped growing for SLOW_STREAM_S, the whole words there are, so the track does
+        not stall while text is already there."""
         if utt.final:
             yield utt.text
             return
         done = 0
+        grew = time.monotonic()  # when text last arrived
+        seen = len(utt.text)
         while True:
             if utt.final:
                 rest = utt.text[done:]
                 if rest.strip():
                     yield rest
                 return
-            complete, _ = complete_prefix(utt.text[done:])
-            if complete.strip():
-                done += len(complete)
-                yield complete
+            if len(utt.text) != seen:
+                seen, grew = len(utt.text), time.monotonic()
+            low = utt.buffer.available < LOW_WATER_SAMPLES
+            slow = low and time.monotonic() - grew >= SLOW_STREAM_S
+            ready, rest = speakable_prefix(utt.text[done:], clauses=low, words=slow)
+            if ready.strip():
+                done += len(ready)
+                yield ready
                 continue
             utt.more.clear()
-            await utt.more.wait()
+            if not rest.strip():  # nothing pending: only new text can change anything
+                await utt.more.wait()
+                continue
+            try:  # text pending: look again as the queued audio drains
+                async with asyncio.timeout(TEXT_POLL_S):
+                    await utt.more.wait()
+            except TimeoutError:
+                pass
 
     async def _produce(self, utt: Utterance) -> None:
         engine = self.voices.engine_for(utt.voice)

@@ -2,10 +2,14 @@
 
 Sentences end at . ! ? ; … (Latin: followed by a space or the end), at 。！？；
 (CJK: anywhere) and at line breaks. A period inside a number (3.14), after a known
-abbreviation (Dr.) or inside a dotted initialism (p.m.) does not end a sentence. The first
-piece is cut again at a clause boundary when it is long, so the first audio of an utterance
-leaves as early as possible; a very long run-on sentence is cut at clauses so no single piece
-holds up the next.
+abbreviation (Dr.) or inside a dotted initialism (p.m.) does not end a sentence. Pieces are
+whole sentences where possible (prosody), and bounded whatever the punctuation: a long
+sentence is cut at clauses, then at spaces, then between characters (Chinese, or 5000 "x"
+with no space), so the work and memory of one piece are bounded by MAX_PIECE_WEIGHT.
+
+The first piece is still cut at a clause when long: a streaming voice starts after its
+phoneme part, which runs once over the whole piece and grows with its length (en_US-joe-
+medium: ~20 ms for 12 characters, ~65 ms for 45, ~240 ms for 176, on a busy 2-core machine).
 """
 
 from __future__ import annotations
@@ -83,18 +87,34 @@ def _cut_at_clause(piece: str, min_weight: int) -> tuple[str, str] | None:
     return None
 
 
+def _chars_within(piece: str, max_weight: int) -> int:
+    """How many leading characters of `piece` weigh at most `max_weight` (at least one)."""
+    total = 0
+    for i, ch in enumerate(piece):
+        total += CJK_WEIGHT if _is_cjk(ch) else 1
+        if total > max_weight:
+            return max(1, i)
+    return len(piece)
+
+
+def _cut_at_space_or_char(piece: str, max_weight: int) -> tuple[str, str]:
+    """Cut at the last space that keeps the head within `max_weight`, else between characters."""
+    limit = _chars_within(piece, max_weight)
+    space = piece.rfind(" ", 0, limit + 1)
+    at = space if space > 0 else limit
+    return piece[:at].strip(), piece[at:].strip()
+
+
 def _cut_long(piece: str) -> list[str]:
     out: list[str] = []
     while _weight(piece) > MAX_PIECE_WEIGHT:
         cut = _cut_at_clause(piece, MAX_PIECE_WEIGHT // 3)
-        if cut is None:  # no clause mark: cut at the last space that keeps the head short enough
-            space = piece.rfind(" ", 0, MAX_PIECE_WEIGHT)
-            if space <= 0:
-                break
-            cut = piece[:space].strip(), piece[space:].strip()
+        if cut is None or _weight(cut[0]) > MAX_PIECE_WEIGHT:
+            cut = _cut_at_space_or_char(piece, MAX_PIECE_WEIGHT)
         out.append(cut[0])
         piece = cut[1]
-    out.append(piece)
+    if piece:
+        out.append(piece)
     return out
 
 
@@ -105,10 +125,16 @@ def split_for_synthesis(text: str, first_chars: int = FIRST_PIECE_WEIGHT) -> lis
     if pieces and _weight(pieces[0]) > first_chars:
         first = pieces[0]
         cut = _cut_at_clause(first, 8)
-        if cut is None and _weight(first) > 3 * first_chars and " " in first[first_chars:]:
-            space = first.index(" ", first_chars)  # no clause mark at all: cut at a word
-            cut = first[:space].strip(), first[space:].strip()
-        if cut is not None:
+        if cut is not None and _weight(cut[0]) > 3 * first_chars:
+            cut = None  # the first clause is long too
+        if cut is None and _weight(first) > 3 * first_chars:
+            if " " in first[first_chars:]:  # no early clause mark: cut at a word
+                space = first.index(" ", first_chars)
+                cut = first[:space].strip(), first[space:].strip()
+            else:  # no space at all (Chinese, a string of one letter): between characters
+                at = _chars_within(first, first_chars)
+                cut = first[:at], first[at:]
+        if cut is not None and cut[1]:
             pieces[0:1] = list(cut)
     return pieces
 
@@ -133,6 +159,31 @@ def complete_prefix(text: str) -> tuple[str, str]:
         return text, ""
     idx = text.rfind(last)
     return text[:idx], text[idx:]
+
+
+_CLAUSE_END = re.compile(r"[,:;，、：；—]\s+|[，、：；]")
+MIN_CLAUSE_WORDS = 3  # a clause shorter than this ("Well,") waits for more: it would sound clipped
+
+
+def speakable_prefix(text: str, *, clauses: bool = True, words: bool = False) -> tuple[str, str]:
+    """(what can be spoken now, the rest) of a growing text (an LLM token stream).
+
+    Complete sentences first; else, with `clauses`, the text up to its last clause mark once
+    that head holds a few words (a clause stands alone well enough); else, with `words` (the
+    stream is slow and the track about to run dry), the whole words so far."""
+    complete, rest = complete_prefix(text)
+    if complete.strip():
+        return complete, rest
+    if clauses:
+        for m in reversed(list(_CLAUSE_END.finditer(text))):
+            head = text[: m.end()]
+            if len(head.split()) >= MIN_CLAUSE_WORDS or any(_is_cjk(ch) for ch in head):
+                return head, text[m.end():]
+    if words:
+        space = max(text.rfind(" "), text.rfind("\n"))
+        if space > 0 and text[:space].strip():
+            return text[: space + 1], text[space + 1:]
+    return "", text
 
 
 def normalize(text: str, *, fold_case: bool = True) -> str:

@@ -37,7 +37,7 @@ def test_listed_as_unavailable_in_the_control_plane():
     from control_api import create_app
     from tests.conftest import shared_engines
 
-    with TestClient(create_app(Agent(Settings(), shared_engines()))) as client:
+    with TestClient(create_app(Agent(Settings(), shared_engines())), base_url="http://127.0.0.1") as client:
         engines = {e["name"]: e for e in client.get("/v1/engines").json()}
     assert engines["melo"]["available"] is False
     assert "MeloTTS is not installed" in engines["melo"]["reason"]
