@@ -103,5 +103,11 @@ def fade_out(frame: np.ndarray) -> None:
     frame[n:] = 0
 
 
+def fade_in(frame: np.ndarray) -> None:
+    """Ramp the frame's start up from zero, in place (resuming after a fade-out)."""
+    n = min(FADE_SAMPLES, len(frame))
+    frame[:n] = (frame[:n].astype(np.float32) * _FADE_OUT[n - 1::-1]).astype(np.int16)
+
+
 def peak(frame: np.ndarray) -> int:
     return int(np.abs(frame.astype(np.int32)).max()) if len(frame) else 0

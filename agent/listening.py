@@ -1,5 +1,12 @@
 """Listening (barge-in): a participant's audio → 16 kHz → Silero VAD → speech onset/offset
-→ the room's Speaker interrupts or ducks, and every peer gets `user_speech`.
+→ the room's Speaker pauses, then interrupts or resumes (or ducks), and every peer gets
+`user_speech`.
+
+Pause, then confirm (mode `interrupt`): an onset pauses the agent at once (the Speaker's
+`barge_in` hold, with the fade). Speech still going `confirm_ms` after it began is a turn:
+the agent is interrupted. Speech that ends sooner (INTERJECTION_GAP_MS of silence: a cough,
+"uh-huh", "yes") is an interjection: the agent resumes from the very next sample. Both are
+counted in audio time (VAD chunks), not wall time, so they do not depend on the loop.
 
 Transport-independent core: `Listening.listen(room, participant)` gives a `Listener`; a
 transport feeds it Opus payloads (`feed_opus`, embedded WebRTC) or PCM (`feed_pcm`, e.g.
@@ -22,6 +29,7 @@ from typing import TYPE_CHECKING, Literal
 import av
 import numpy as np
 
+from .echo import EchoCanceller, FarEnd
 from .protocol import event
 from .vad import CHUNK_MS, CHUNK_SAMPLES, SAMPLE_RATE, VadStream, VadUnavailable, load_model
 
@@ -33,6 +41,9 @@ log = logging.getLogger(__name__)
 DUCK_GAIN = 10 ** (-12 / 20)  # the agent's voice drops 12 dB while a person talks
 HANGOVER_MS = 480  # this much non-speech ends a turn: short pauses between words do not
 NEG_THRESHOLD_GAP = 0.15  # Silero's hysteresis: below threshold - 0.15 counts as silence
+# Before confirm_ms, this much silence ends an interjection: longer than the gaps between the
+# syllables of "uh-huh", shorter than the hangover so the agent resumes without waiting for it
+INTERJECTION_GAP_MS = 256
 
 Transition = Literal["started", "stopped"] | None
 
@@ -115,6 +126,8 @@ class ListenerStats:
     decode_errors: int = 0
     samples_16k: int = 0  # audio that reached the VAD's input buffer
     vad_calls: int = 0
+    cancellers_created: int = 0
+    echo_frames: int = 0  # 10 ms frames the echo canceller processed (not passed through)
     onsets: int = 0
     cpu_s: float = 0.0  # thread CPU spent decoding, resampling and running the VAD
 
@@ -129,24 +142,50 @@ class RoomListening:
     def __init__(self, room: "Room"):
         self.room = room
         self.talking: set[str] = set()
+        self.unconfirmed: set[str] = set()  # talking, not yet long enough to interrupt
         self.ducked = False
+        self.far_end = FarEnd(room)  # what the room sent: the echo cancellers' reference
 
-    def speech_started(self, participant: str) -> None:
+    def speech_started(self, participant: str, confirmed: bool = True) -> None:
         self.talking.add(participant)
         self.room.emit(event("user_speech", participant=participant, state="started"))
         cfg = self.room.speaker.barge_in
         if cfg.mode == "interrupt":
-            self.room.speaker.interrupt(None, reason="barge_in", clear_queue=cfg.clear_queue)
+            if confirmed:  # confirm_ms within min_speech_ms: no pause first
+                self._interrupt()
+            else:
+                self.unconfirmed.add(participant)
+                if self.room.speaker.current is not None:  # idle: nothing to hold
+                    self.room.speaker.pause(now=True, reason="barge_in")
         elif cfg.mode == "duck":
             self.room.speaker.set_gain(DUCK_GAIN)
             self.ducked = True
 
-    def speech_stopped(self, participant: str) -> None:
+    def speech_confirmed(self, participant: str) -> None:
+        """Speech went on past confirm_ms: a turn, not an interjection."""
+        if participant in self.unconfirmed:
+            self.unconfirmed.discard(participant)
+            if self.room.speaker.barge_in.mode == "interrupt":
+                self._interrupt()
+            self._release()
+
+    def speech_stopped(self, participant: str, kind: str = "turn") -> None:
         self.talking.discard(participant)
-        self.room.emit(event("user_speech", participant=participant, state="stopped"))
+        self.room.emit(event("user_speech", participant=participant, state="stopped", kind=kind))
+        if participant in self.unconfirmed:  # an interjection (or the participant went away)
+            self.unconfirmed.discard(participant)
+            self._release()
         if self.ducked and not self.talking:  # back up only when nobody is talking any more
             self.room.speaker.set_gain(1.0)
             self.ducked = False
+
+    def _interrupt(self) -> None:
+        cfg = self.room.speaker.barge_in
+        self.room.speaker.interrupt(None, reason="barge_in", clear_queue=cfg.clear_queue)
+
+    def _release(self) -> None:
+        if not self.unconfirmed:  # resume once nobody who paused the agent is still undecided
+            self.room.speaker.resume("barge_in")
 
 
 class Listener:
@@ -161,10 +200,15 @@ class Listener:
         self.closed = False
         self._decoder: av.CodecContext | None = None
         self._resampler: Downsampler | None = None
+        self._echo: EchoCanceller | None = None
+        self._echo_broken = False  # no audio processing module here: listen without it
         self._vad: VadStream | None = None
         self._chunk = np.zeros(CHUNK_SAMPLES, np.int16)  # VAD input being filled, reused
         self._fill = 0
         self._broken = False  # the VAD could not load: listen no more, say so once
+        self._turn_ms = 0  # speech so far in this turn (from its first speech chunk)
+        self._silent_ms = 0  # silence in a row since the last speech chunk
+        self._confirmed = False  # the turn went on past confirm_ms
 
     @property
     def active(self) -> bool:
@@ -222,7 +266,27 @@ class Listener:
         for block in self._resampler.push(frame):
             self._push(block)
 
+    def _cancel_echo(self, samples: np.ndarray) -> np.ndarray:
+        if not self.room.speaker.barge_in.echo_cancel or self._echo_broken:
+            if self._echo is not None:
+                self._echo.close()
+                self._echo = None
+            return samples
+        if self._echo is None:
+            try:
+                self._echo = EchoCanceller(self.room_listening.far_end)
+            except Exception as exc:  # an SDK without the module: the VAD still runs
+                log.error("barge-in listens without echo cancellation: %s", exc)
+                self._echo_broken = True
+                return samples
+            self.stats.cancellers_created += 1
+        before = self._echo.frames
+        out = self._echo.process(samples)
+        self.stats.echo_frames += self._echo.frames - before
+        return out
+
     def _push(self, samples: np.ndarray) -> None:
+        samples = self._cancel_echo(samples)
         self.stats.samples_16k += len(samples)
         i = 0
         while i < len(samples):
@@ -250,9 +314,27 @@ class Listener:
         change = self.gate.update(p, cfg.threshold, cfg.min_speech_ms)
         if change == "started":
             self.stats.onsets += 1
-            self.room_listening.speech_started(self.participant)
+            self._turn_ms, self._silent_ms = max(cfg.min_speech_ms, CHUNK_MS), 0
+            self._confirmed = self._turn_ms >= cfg.confirm_ms
+            self.room_listening.speech_started(self.participant, self._confirmed)
         elif change == "stopped":
-            self.room_listening.speech_stopped(self.participant)
+            self.room_listening.speech_stopped(self.participant, self._kind)
+        elif self.gate.talking and not self._confirmed:
+            self._turn_ms += CHUNK_MS
+            if p >= cfg.threshold:
+                self._silent_ms = 0
+            elif p < cfg.threshold - NEG_THRESHOLD_GAP:
+                self._silent_ms += CHUNK_MS
+            if self._silent_ms >= INTERJECTION_GAP_MS:  # it ended before confirm_ms: an interjection
+                self.gate.reset()
+                self.room_listening.speech_stopped(self.participant, "interjection")
+            elif self._turn_ms >= cfg.confirm_ms and p >= cfg.threshold:
+                self._confirmed = True
+                self.room_listening.speech_confirmed(self.participant)
+
+    @property
+    def _kind(self) -> str:
+        return "turn" if self._confirmed else "interjection"
 
     def _drop(self) -> None:
         self.stats.packets_dropped += 1
@@ -264,10 +346,13 @@ class Listener:
         self._decoder = None
         self._resampler = None
         self._vad = None
+        if self._echo is not None:
+            self._echo.close()
+            self._echo = None
         self._fill = 0
         if self.gate.talking:
             self.gate.reset()
-            self.room_listening.speech_stopped(self.participant)
+            self.room_listening.speech_stopped(self.participant, self._kind)
 
     def close(self) -> None:
         if not self.closed:

@@ -63,6 +63,10 @@ class BargeIn(_Message):
     min_speech_ms: int = Field(250, ge=0, le=10_000)
     threshold: float = Field(0.5, gt=0, lt=1)
     clear_queue: bool = True
+    # with `interrupt`: speech first pauses the agent; only speech still going this long after
+    # it began interrupts, shorter speech (a cough, "uh-huh") resumes it with nothing lost
+    confirm_ms: int = Field(700, ge=0, le=10_000)  # bench: all 24 eSpeak words (300-600 ms) resume, all sentences interrupt
+    echo_cancel: bool = True  # cancel the agent's own voice from what it hears, before the VAD
 
 
 UtteranceId = Annotated[str, Field(min_length=1, max_length=128)]
@@ -104,6 +108,15 @@ class Interrupt(_Message):
         return self
 
 
+class Pause(_Message):
+    type: Literal["pause"] = "pause"
+    now: bool = False  # at once with the fade, instead of at the next sentence boundary
+
+
+class Resume(_Message):
+    type: Literal["resume"] = "resume"
+
+
 class Configure(_Message):
     type: Literal["configure"] = "configure"
     voice: VoiceRef | None = None
@@ -117,13 +130,13 @@ class Ping(_Message):
     t: Any = None
 
 
-Command = Annotated[Union[Synthesize, Append, Interrupt, Configure, Ping], Field(discriminator="type")]
+Command = Annotated[Union[Synthesize, Append, Interrupt, Pause, Resume, Configure, Ping], Field(discriminator="type")]
 _command_adapter: TypeAdapter[Command] = TypeAdapter(Command)
 
 
 def _describe(err: ValidationError) -> str:
     first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"] if p not in ("synthesize", "append", "interrupt", "configure", "ping"))
+    where = ".".join(str(p) for p in first["loc"] if p not in ("synthesize", "append", "interrupt", "pause", "resume", "configure", "ping"))
     return f"{where}: {first['msg']}" if where else first["msg"]
 
 

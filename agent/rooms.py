@@ -26,7 +26,7 @@ from . import metrics
 from .budget import MessageBudget, Verdict
 from .clock import FrameClock
 from .queue_caps import QueueCaps
-from .protocol import (PROTOCOL_VERSION, BargeIn, Configure, ErrorCode, Interrupt, ProtocolError, Synthesize,
+from .protocol import (PROTOCOL_VERSION, BargeIn, Configure, ErrorCode, Interrupt, Pause, ProtocolError, Resume, Synthesize,
                        encode_event, error_event, event, parse_command)
 from .settings import Settings
 from .speaker import Speaker
@@ -76,6 +76,7 @@ class Room:
         self._frames_sent = 0
         self._failed_frames = 0  # in a row
         self._subscribed = False
+        self._output_taps: list[Callable[[np.ndarray, int], None]] = []  # (frame, slot): echo cancellers' far end
         self._close_timer: asyncio.TimerHandle | None = None
         self._closed = False
         self._speaker = Speaker(
@@ -149,6 +150,26 @@ class Room:
         cmd = parse_command({**body, "type": "interrupt"}, max_text_chars=self._settings.max_text_chars)
         assert isinstance(cmd, Interrupt)
         self._speaker.handle(cmd)
+
+    def pause(self, body: dict) -> None:
+        """`pause` or `resume` over HTTP (body {"type": ...}); raises ProtocolError as `speak` does."""
+        cmd = parse_command(body, max_text_chars=self._settings.max_text_chars)
+        if not isinstance(cmd, (Pause, Resume)):
+            raise ProtocolError(ErrorCode.bad_message, "expected a pause or resume message")
+        self._speaker.handle(cmd)
+
+    def slot_now(self) -> int:
+        """The frame clock's slot now, on this room's phase (an echo canceller's time base)."""
+        return self._clock.slot_now(self.phase)
+
+    def add_output_tap(self, tap: Callable[[np.ndarray, int], None]) -> None:
+        """Call `tap(frame, slot)` with every frame the room sends (an echo canceller's far end)."""
+        if tap not in self._output_taps:
+            self._output_taps.append(tap)
+
+    def remove_output_tap(self, tap: Callable[[np.ndarray, int], None]) -> None:
+        if tap in self._output_taps:
+            self._output_taps.remove(tap)
 
     def ready_event(self) -> dict:
         return event("ready", protocol=PROTOCOL_VERSION, room=self._name, voice=self._speaker.voice.id,
@@ -240,6 +261,8 @@ class Room:
             self._frame_failed(slot)
             return False
         self._failed_frames = 0
+        for tap in self._output_taps:
+            tap(frame, slot)
         self.last_slot = slot
         self._frames_sent += 1
         return True

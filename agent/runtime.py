@@ -123,6 +123,10 @@ class Agent:
     def interrupt(self, room: str, body: dict) -> None:
         self._room(room).interrupt(body)
 
+    def pause(self, room: str, body: dict) -> None:
+        """`pause` / `resume` over HTTP (body {"type": ...}); raises UnknownRoom or ProtocolError."""
+        self._room(room).pause(body)
+
     async def open_whep(self, room: str, offer_sdp: str, identity: str, *, can_publish: bool) -> WhepAnswer:
         """Answer a WHEP offer; raises OfferError (400) or RoomLimit (503)."""
         if self.webrtc is None:

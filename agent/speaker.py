@@ -22,7 +22,7 @@ from engines.registry import UnknownVoice, VoiceRegistry
 from engines.text import speakable_prefix
 
 from . import metrics
-from .audio import FRAME_SAMPLES, SAMPLE_RATE, PcmBuffer, Resampler, fade_out
+from .audio import FADE_SAMPLES, FRAME_SAMPLES, SAMPLE_RATE, PcmBuffer, Resampler, fade_in, fade_out
 from .danmu import DanmuPolicy
 from .queue_caps import QueueCaps
 from .protocol import (
@@ -33,8 +33,10 @@ from .protocol import (
     DanmuRules,
     ErrorCode,
     Interrupt,
+    Pause,
     Ping,
     ProtocolError,
+    Resume,
     Synthesize,
     event,
 )
@@ -158,6 +160,11 @@ class Speaker:
         self._pending_fade: np.ndarray | None = None
         self._gain = 1.0  # gain at the end of the last frame (ducking); applied before encoding
         self.target_gain = 1.0
+        # pause/resume: the reasons holding the room (`pause`, `barge_in`); while any holds,
+        # nothing plays and the paused utterance keeps its place and its unplayed audio
+        self.holds: set[str] = set()
+        self._pause_at_boundary: str | None = None  # a pause waiting for the next sentence
+        self._fade_in = False  # the next frame resumes audio that was cut with the fade
         self.on_idle: Callable[[], None] | None = None
         self.closed = False
         self._summary_n = 0  # lines dropped for queue_full since the last summary line
@@ -178,6 +185,12 @@ class Speaker:
             return None
         if isinstance(cmd, Interrupt):
             self.interrupt(cmd.id, received=received, sender=cmd.from_)
+            return None
+        if isinstance(cmd, Pause):
+            self.pause(now=cmd.now)
+            return None
+        if isinstance(cmd, Resume):
+            self.resume()
             return None
         if isinstance(cmd, Configure):
             self.configure(cmd)
@@ -255,6 +268,63 @@ class Speaker:
                 return
         raise ProtocolError(ErrorCode.unknown_utterance, f"no queued or playing utterance {uid!r}", uid)
 
+    # -- pause / resume ------------------------------------------------------------------
+
+    @property
+    def paused(self) -> bool:
+        return bool(self.holds)
+
+    def pause(self, now: bool = False, reason: str = "pause") -> None:
+        """Hold the room: at the next sentence boundary of what is playing, or `now` (one
+        faded frame). The queue and the paused utterance's unplayed audio are kept."""
+        utt = self.current
+        if not now and not self.holds and utt is not None and utt.started:
+            if self._pause_at_boundary is None:
+                self._pause_at_boundary = reason
+            return
+        self._hold(reason, fade=True)
+
+    def resume(self, reason: str = "pause") -> None:
+        """Release one reason's hold; when none is left, go on where the room stopped."""
+        if self._pause_at_boundary == reason:
+            self._pause_at_boundary = None  # it had not landed yet: nothing was paused
+        if reason not in self.holds:
+            return
+        self.holds.discard(reason)
+        if self.holds:
+            return
+        utt = self.current
+        playing = utt is not None and utt.started
+        self.output.emit(event("resumed", id=utt.id if playing else None, reason=reason))
+        if utt is None:
+            self._advance()
+        else:
+            self.output.pull_now()  # back on the clock; the first frame back leaves now
+
+    def _hold(self, reason: str, fade: bool) -> None:
+        self._pause_at_boundary = None
+        was_held = bool(self.holds)
+        self.holds.add(reason)
+        if was_held:
+            return
+        utt = self.current
+        playing = utt is not None and utt.started
+        if playing and fade and utt.buffer.available:
+            # the fade takes only FADE_SAMPLES of the utterance: the rest of the frame is
+            # silence, and resume goes on from the very next sample (each played once)
+            frame = np.zeros(FRAME_SAMPLES, np.int16)
+            n = utt.buffer.read_into(frame[:FADE_SAMPLES])
+            self._apply_gain(frame)
+            fade_out(frame)
+            self._captions(utt, utt.played + n)
+            utt.played += n
+            self._wake_producer(utt)
+            self._pending_fade = frame
+            self._fade_in = True
+        self.output.emit(event("paused", id=utt.id if playing else None, reason=reason))
+        if self._pending_fade is not None:
+            self.output.pull_now()
+
     def drop_sender(self, owner: str, reason: str = "disconnect") -> None:
         """The sender left: its queued utterances go (`interrupted`), and what it is saying now
         plays to its end; an open one ends with the text it has (no append can come)."""
@@ -315,7 +385,7 @@ class Speaker:
     def _advance(self) -> None:
         """Make the next queued utterance current and start synthesizing it."""
         max_wait = self.danmu.rules.max_wait_s
-        while self.current is None and not self.closed:
+        while self.current is None and not self.closed and not self.holds:
             utt = self._summary_line()
             if utt is None:
                 if not self.queue:
@@ -383,7 +453,8 @@ class Speaker:
         if utt.producer is not None:
             utt.producer.cancel()
         if utt is self.current:
-            if utt.started:
+            self._fade_in = False
+            if utt.started and not self.holds:
                 # what the transport held and now drops was never heard: not part of played_ms
                 utt.played -= min(utt.played, self.output.discard_buffered() or 0)
                 fade = np.zeros(FRAME_SAMPLES, np.int16)
@@ -505,14 +576,16 @@ class Speaker:
 
     def _on_audio(self, utt: Utterance) -> None:
         # Only the first frame is pulled early (TTFA); once playing, the clock paces the rest.
-        if utt is self.current and not utt.started and (utt.buffer.available >= FRAME_SAMPLES or utt.synth_done):
+        if utt is self.current and not utt.started and not self.holds \
+                and (utt.buffer.available >= FRAME_SAMPLES or utt.synth_done):
             self.output.pull_now()
 
     # -- playout -------------------------------------------------------------------------
 
     @property
     def idle(self) -> bool:
-        return self.current is None and not self.queue and self._pending_fade is None
+        """Nothing to send until something changes: the room may leave the clock."""
+        return self._pending_fade is None and (bool(self.holds) or (self.current is None and not self.queue))
 
     def next_frame(self) -> np.ndarray | None:
         """The next 20 ms frame to send, or None when there is nothing to send this slot.
@@ -521,29 +594,40 @@ class Speaker:
         if self._pending_fade is not None:
             frame, self._pending_fade = self._pending_fade, None
             return frame
+        if self.holds:
+            if self.on_idle is not None:
+                self.on_idle()  # paused: the room need not ask again until resume
+            return None
         utt = self.current
         if utt is None:
             return None
         buf = utt.buffer
+        if self._pause_at_boundary is not None and utt.started:
+            boundary = self._next_sentence(utt)
+            if boundary is not None and boundary < utt.played + FRAME_SAMPLES:
+                if buf.available < boundary - utt.played and not utt.synth_done:
+                    return None  # synthesis has not caught up with the boundary yet
+                return self._play_to_boundary(utt, boundary)
         if buf.available < FRAME_SAMPLES and not (utt.synth_done and buf.available > 0):
             if utt.synth_done:
                 self._finish(utt)
             return None  # synthesis has not caught up: skip this slot
         frame, n = buf.read_frame(self._frame)
+        if self._fade_in:  # back from a cut with the fade: ramp up, no click
+            self._fade_in = False
+            if frame is not self._frame:
+                np.copyto(self._frame, frame)
+                frame = self._frame
+            fade_in(frame)
         if not utt.started:
             utt.started = True
             ttfa_ms = (time.perf_counter() - utt.received) * 1000
             metrics.TTFA.labels(utt.voice.engine).observe(ttfa_ms / 1000)
             self.output.emit(event("started", id=utt.id, ttfa_ms=round(ttfa_ms, 2)))
         end = utt.played + n
-        while utt.marks and utt.marks[0][0] < end:
-            at, kind, text = utt.marks.popleft()
-            self.output.emit(event("caption", id=utt.id, text=text, kind=kind,
-                                   offset_ms=max(at, utt.played) * 1000 // SAMPLE_RATE))
+        self._captions(utt, end)
         utt.played = end
-        if utt.waiting_space and buf.available <= AHEAD_SAMPLES:
-            utt.waiting_space = False
-            utt.space.set()
+        self._wake_producer(utt)
         if self._gain != 1.0 or self.target_gain != 1.0:  # ducking: scale a private copy
             if frame is not self._frame:
                 np.copyto(self._frame, frame)
@@ -551,6 +635,43 @@ class Speaker:
             self._apply_gain(frame)
         if utt.synth_done and buf.available == 0:
             self._finish(utt)
+        return frame
+
+    def _captions(self, utt: Utterance, end: int) -> None:
+        """Captions of the marks before sample `end` (the frame now leaving)."""
+        while utt.marks and utt.marks[0][0] < end:
+            at, kind, text = utt.marks.popleft()
+            self.output.emit(event("caption", id=utt.id, text=text, kind=kind,
+                                   offset_ms=max(at, utt.played) * 1000 // SAMPLE_RATE))
+
+    def _wake_producer(self, utt: Utterance) -> None:
+        if utt.waiting_space and utt.buffer.available <= AHEAD_SAMPLES:
+            utt.waiting_space = False
+            utt.space.set()
+
+    @staticmethod
+    def _next_sentence(utt: Utterance) -> int | None:
+        """Where the next sentence of the playing utterance starts (a sample), if known yet."""
+        for at, kind, _ in utt.marks:
+            if kind == "sentence" and at >= utt.played:
+                return at
+        return None
+
+    def _play_to_boundary(self, utt: Utterance, boundary: int) -> np.ndarray | None:
+        """A pause waiting for a sentence boundary lands inside this frame: play up to it."""
+        reason = self._pause_at_boundary
+        assert reason is not None
+        frame = None
+        k = boundary - utt.played
+        if k > 0:
+            frame = self._frame
+            n = utt.buffer.read_into(frame[:k])
+            frame[n:] = 0
+            self._apply_gain(frame)
+            self._captions(utt, utt.played + n)
+            utt.played += n
+            self._wake_producer(utt)
+        self._hold(reason, fade=False)
         return frame
 
     def set_gain(self, gain: float) -> None:
@@ -570,9 +691,12 @@ class Speaker:
 
     def _finish(self, utt: Utterance) -> None:
         self.current = None
+        self._fade_in = False
         self._open.pop(utt.id, None)
         metrics.UTTERANCES.labels("error" if utt.error else "finished").inc()
         self.output.emit(event("finished", id=utt.id, audio_ms=utt.played_ms))
+        if self._pause_at_boundary is not None:  # the end of an utterance is a sentence boundary
+            self._hold(self._pause_at_boundary, fade=False)
         self._advance()
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -582,6 +706,7 @@ class Speaker:
         return {
             "voice": self.voice.id,
             "playing": None if cur is None else {"id": cur.id, "text": cur.text[:200], "played_ms": cur.played_ms},
+            "paused": self.paused,
             "queue": [{"id": u.id, "priority": u.priority, "text": u.text[:200]} for u in self.queue],
         }
 

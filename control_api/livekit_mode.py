@@ -24,7 +24,7 @@ from agent.settings import Settings
 from engines.registry import UnknownVoice
 
 from .deps import BAD_ROOM, admin_or_dev, check_token_ttl, get_agent, rate_limited, require_admin, valid_room
-from .models import Accepted, InterruptBody, SpeakBody, TokenRequest, TokenResponse
+from .models import Accepted, InterruptBody, PauseBody, SpeakBody, TokenRequest, TokenResponse
 from .problems import Problem
 
 TOPIC = "tts"
@@ -160,6 +160,23 @@ def livekit_router(settings: Settings, agent_name: str = DEFAULT_AGENT_NAME) -> 
         await existing_room(room)
         await server.call(lambda lk: lk.room.send_data(send_data_request(room, message)))
         return Accepted(id=data.get("id") or "*", room=room, status="interrupted")
+
+    @router.post("/v1/rooms/{room}/pause", status_code=202, response_model=Accepted,
+                 response_model_exclude_none=True, dependencies=[Depends(require_admin)])
+    async def pause(room: str, body: PauseBody | None = None) -> Accepted:
+        message = {"type": "pause"} if body is None else body.model_dump(exclude_none=True)
+        parse_command(message, max_text_chars=settings.max_text_chars)
+        await existing_room(room)
+        await server.call(lambda lk: lk.room.send_data(send_data_request(room, message)))
+        return Accepted(id="*", room=room, status="paused")
+
+    @router.post("/v1/rooms/{room}/resume", status_code=202, response_model=Accepted,
+                 response_model_exclude_none=True, dependencies=[Depends(require_admin)])
+    async def resume(room: str) -> Accepted:
+        message = {"type": "resume"}
+        await existing_room(room)
+        await server.call(lambda lk: lk.room.send_data(send_data_request(room, message)))
+        return Accepted(id="*", room=room, status="resumed")
 
     @router.post("/v1/rooms/{room}/agent", status_code=201, response_model=DispatchOut,
                  dependencies=[Depends(require_admin)])

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from agent.protocol import Interrupt, Speed, Synthesize, VoiceRef
+from agent.protocol import Interrupt, Pause, Speed, Synthesize, VoiceRef
 from agent.room_names import MAX_ROOM_NAME_CHARS, check_room_name
 
 
@@ -60,9 +60,9 @@ class EngineOut(BaseModel):
 
 
 class Accepted(BaseModel):
-    id: str = Field(description="the utterance id (`*` for an interrupt without id)")
+    id: str = Field(description="the utterance id (`*` for an interrupt without id, a pause or a resume)")
     room: str
-    status: Literal["queued", "dropped", "interrupted"] = "queued"
+    status: Literal["queued", "dropped", "interrupted", "paused", "resumed"] = "queued"
     reason: str | None = Field(None, description="why a danmu rule dropped it")
 
 
@@ -92,6 +92,7 @@ class RoomSummary(BaseModel):
     frames_sent: int
     voice: str = Field(description="the room's default voice")
     playing: PlayingOut | None
+    paused: bool = Field(False, description="held by `pause` or by barge-in: nothing plays until resumed")
     queue: list[QueuedOut]
 
 
@@ -105,6 +106,11 @@ class SpeakBody(Synthesize):
 class InterruptBody(Interrupt):
     """The body of an `interrupt` message: with `id` that utterance, with `from` every utterance of
     that sender (a banned chat user), with neither everything."""
+
+
+class PauseBody(Pause):
+    """The body of a `pause` message: `now` stops at once (with the fade) instead of at the
+    next sentence boundary."""
 
 
 class SynthesizeRequest(BaseModel):

@@ -131,6 +131,26 @@ def frames_for(text: str) -> int:
     return -(-chars * SAMPLES_PER_CHAR // FRAME_SAMPLES)
 
 
+class CountingEngine(ToneEngine):
+    """Like ToneEngine, but sample k of an utterance's audio is a value that names k (no two
+    neighbours alike, never zero): a test can tell which sample a frame carries, and that each
+    was played exactly once."""
+
+    name = "tone"
+
+    async def stream(self, text: str, voice: Voice, speed: float = 1.0, sample_rate: int | None = None):
+        start = 0  # one utterance of final text: one stream
+        async for chunk in super().stream(text, voice, speed, sample_rate):
+            n = len(chunk.pcm)
+            yield AudioChunk(counting_samples(start, n), chunk.sample_rate, chunk.marks)
+            start += n
+
+
+def counting_samples(start: int, n: int) -> np.ndarray:
+    """Samples start..start+n of CountingEngine's audio."""
+    return (1000 + (np.arange(start, start + n) % 20_000)).astype(np.int16)
+
+
 @dataclass
 class FloodRun:
     """A chat flood on the fake clock: what was sent when, and the backlog after every tick."""

@@ -188,6 +188,30 @@ async def test_interrupt_over_http(clients, http, admin):
     assert (await http.post("/v1/rooms/lobby/interrupt", headers=admin)).json()["id"] == "*"
 
 
+async def test_pause_and_resume_over_http(clients, http, admin):
+    alice = await clients("lobby")
+    long = "A long announcement that the host holds. It goes on after the break. " * 3
+    await http.post("/v1/rooms/lobby/speak", json={"text": long, "id": "held", "voice": VOICE}, headers=admin)
+    await alice.wait_event("started", id="held")
+    resp = await http.post("/v1/rooms/lobby/pause", json={"now": True}, headers=admin)
+    assert resp.status_code == 202 and resp.json() == {"id": "*", "room": "lobby", "status": "paused"}
+    paused = await alice.wait_event("paused")
+    assert paused["id"] == "held" and paused["reason"] == "pause"
+    assert (await http.get("/v1/rooms/lobby", headers=admin)).json()["paused"] is True
+    await http.post("/v1/rooms/lobby/speak", json={"text": "Meanwhile.", "id": "later", "voice": VOICE}, headers=admin)
+    await alice.wait_event("queued", id="later")
+    assert_problem(await http.post("/v1/rooms/lobby/pause", json={"now": 1}, headers=admin), 422, "bad_message")
+    assert_problem(await http.post("/v1/rooms/nowhere/resume", headers=admin), 404, "unknown_room")
+    resp = await http.post("/v1/rooms/lobby/resume", headers=admin)
+    assert resp.status_code == 202 and resp.json()["status"] == "resumed"
+    assert (await alice.wait_event("resumed"))["id"] == "held"
+    await alice.wait_event("finished", id="held")
+    await alice.wait_event("finished", id="later")
+    assert [e["type"] for e in alice.events if e.get("id") in ("held", "later") and e["type"] in
+            ("started", "paused", "resumed", "finished")] == ["started", "paused", "resumed", "finished", "started",
+                                                              "finished"]
+
+
 async def test_interrupt_from_over_http_cancels_that_senders_utterances(clients, http, admin):
     alice = await clients("lobby")
     long = "A long chat line that keeps the room busy for a while. " * 4
@@ -299,7 +323,8 @@ async def test_openapi_covers_the_http_table(http):
     for path, method in [("/v1/rooms/{room}/whep", "post"), ("/v1/rooms/{room}/whep/{session_id}", "delete"),
                          ("/v1/tokens", "post"), ("/v1/voices", "get"), ("/v1/rooms", "get"),
                          ("/v1/rooms/{room}", "get"), ("/v1/rooms/{room}/speak", "post"),
-                         ("/v1/rooms/{room}/interrupt", "post"), ("/v1/synthesize", "post"),
+                         ("/v1/rooms/{room}/interrupt", "post"), ("/v1/rooms/{room}/pause", "post"),
+                         ("/v1/rooms/{room}/resume", "post"), ("/v1/synthesize", "post"),
                          ("/healthz", "get"), ("/readyz", "get"), ("/metrics", "get")]:
         assert method in paths[path], (method, path)
     speak = paths["/v1/rooms/{room}/speak"]["post"]

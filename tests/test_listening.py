@@ -180,8 +180,94 @@ async def test_interrupt_mode_stops_the_speaker_and_clears_the_queue(registry, s
     assert kinds == [("user_speech", None, None, "started"), ("interrupted", "next", "barge_in", None),
                      ("interrupted", "long", "barge_in", None), ("user_speech", None, None, "stopped")]
     assert room.sink.of("user_speech")[0]["participant"] == "alice"
+    # pause first, then confirmed: the turn interrupts, and the hold it took is released
+    held = [(e["type"], e.get("id"), e["reason"]) for e in room.sink.events if e["type"] in ("paused", "resumed")]
+    assert held == [("paused", "long", "barge_in"), ("resumed", None, "barge_in")]
+    assert room.sink.of("user_speech", state="stopped")[0]["kind"] == "turn"
     assert room.speaker.idle
     assert listener.stats.onsets == 1 and listener.stats.resamplers_created == 1
+
+
+class PcmSink(RecordingSink):
+    """Keeps every frame's samples too, and where each event fell among them."""
+
+    def __init__(self, room):
+        super().__init__(room)
+        self.pcm: list[np.ndarray] = []
+        self.frame_at: dict[int, int] = {}  # event index -> frames sent before it
+
+    def send_frame(self, pcm, slot):
+        super().send_frame(pcm, slot)
+        self.pcm.append(pcm.copy())
+
+    def send_event(self, data, to):
+        self.frame_at[len(self.events)] = len(self.pcm)
+        super().send_event(data, to)
+
+
+async def feed_paced(listener, pcm: np.ndarray) -> None:
+    """As a microphone sends it: a 20 ms block every 20 ms, so the agent plays meanwhile."""
+    for i in range(0, len(pcm) - FRAME_48K + 1, FRAME_48K):
+        listener.feed_pcm(pcm[i:i + FRAME_48K], 48_000)
+        await asyncio.sleep(FRAME_48K / 48_000)
+
+
+SHORT_TEXT = "The agent says a few words about the weather, about the wind and the rain, and then it stops."
+
+
+async def played_undisturbed(registry) -> np.ndarray:
+    room = registry.open("reference", PcmSink)
+    room.receive({"type": "synthesize", "id": "ref", "text": SHORT_TEXT, "voice": "espeak:en-us"}, "bot")
+    finished = await room.sink.wait("finished", id="ref")
+    return np.concatenate(room.sink.pcm), finished["audio_ms"]
+
+
+@pytest.mark.parametrize("word", ["Yes.", "Okay."])  # ~400 ms of speech each
+async def test_an_interjection_pauses_and_resumes_and_every_sample_is_played_once(registry, word):
+    from agent.audio import FADE_SAMPLES
+
+    reference, reference_ms = await played_undisturbed(registry)
+    interjection = await espeak_speech(shared_engines(), word, voice="espeak:en-029")  # another voice
+    room = registry.open("nod", PcmSink)
+    room.speaker.barge_in = barge("interrupt")
+    room.receive({"type": "synthesize", "id": "u", "text": SHORT_TEXT, "voice": "espeak:en-us"}, "bot")
+    await room.sink.wait("started", id="u")
+    # the microphone sends its room's noise first: what the echo canceller needs to find that
+    # this participant sends no echo back (a headset), before the interjection
+    lead_in = noise(-50, 1.6)
+    await feed_paced(Listening().listen(room, "alice"), np.concatenate([lead_in, interjection, PAUSE]))
+    await room.sink.wait("finished", id="u")
+
+    sink = room.sink
+    seq = [(e["type"], e.get("id"), e.get("reason"), e.get("state"), e.get("kind")) for e in sink.events
+           if e["type"] in ("paused", "resumed", "user_speech", "interrupted")]
+    assert seq == [("user_speech", None, None, "started", None), ("paused", "u", "barge_in", None, None),
+                   ("user_speech", None, None, "stopped", "interjection"), ("resumed", "u", "barge_in", None, None)]
+    # the frame after `paused` is the fade: FADE_SAMPLES of the utterance, then silence
+    fade_index = sink.frame_at[next(i for i, e in enumerate(sink.events) if e["type"] == "paused")]
+    frames = sink.pcm
+    # (the fade's own samples may be a quiet gap between words: only the silence after it is certain)
+    assert not frames[fade_index][FADE_SAMPLES:].any()
+    heard = np.concatenate(frames[:fade_index] + [frames[fade_index][:FADE_SAMPLES]] + frames[fade_index + 1:])
+    # as many samples as the undisturbed play, in the same order: none lost, none twice
+    # (the last frame of each is padded with silence: compare what it carries)
+    heard, ref = np.trim_zeros(heard, "b"), np.trim_zeros(reference, "b")
+    assert len(heard) == len(ref)
+    cut = fade_index * FRAME_48K
+    same = np.ones(len(ref), bool)
+    same[cut:cut + 2 * FADE_SAMPLES] = False  # the fade out and the fade back in
+    assert np.array_equal(heard[same], ref[same])
+    assert sink.of("finished", id="u")[0]["audio_ms"] == reference_ms
+
+
+async def test_confirm_ms_within_min_speech_ms_interrupts_at_once(registry, sentence):
+    room = registry.open("direct", RecordingSink)
+    room.receive({"type": "configure", "barge_in": {"mode": "interrupt", "confirm_ms": 0}}, "bot")
+    room.receive({"type": "synthesize", "id": "long", "text": LONG_TEXT, "voice": "espeak:en-us"}, "bot")
+    await room.sink.wait("started", id="long")
+    feed(Listening().listen(room, "alice"), np.concatenate([sentence, PAUSE]))
+    assert room.sink.of("interrupted", id="long", reason="barge_in")
+    assert not room.sink.of("paused") and not room.sink.of("resumed")
 
 
 async def test_interrupt_without_clearing_the_queue(registry, sentence):

@@ -283,3 +283,54 @@ async def test_reading_stops_when_barge_in_goes_off_the_track_goes_or_the_room_c
     finally:
         for mic in mics.values():
             await mic.aclose()
+
+
+async def test_the_agents_voice_played_back_into_the_microphone_starts_no_turn(lk, sentence):
+    """A participant whose device plays the agent's track back into its microphone (150 ms
+    later, -10 dB, noise): the LiveKit path feeds the same echo canceller. The "loudspeaker" is
+    the agent's own published track read through a real `rtc.AudioStream`, as a subscriber
+    would get it without a server in between."""
+    transport, lk_room, session, pub, listening = lk
+    alice = participant("alice")
+    mic = Microphone(48_000)
+    lk_room.emit("data_received", packet({"type": "configure", "barge_in": {"mode": "interrupt"}}, alice))
+    await speak_long(lk_room, pub, alice)
+    lk_room.emit("track_subscribed", mic.track, publication(MIC_SID), alice)
+    loudspeaker = rtc.AudioStream.from_track(track=session.track, sample_rate=48_000, num_channels=1)
+    rng = np.random.default_rng(3)
+    person = iter(np.zeros(0, np.int16))
+
+    async def play_back(seconds: float) -> None:
+        nonlocal person
+        delay = [np.zeros(480, np.int16)] * 15  # 150 ms
+        pushed = 0
+        async for ev in loudspeaker:
+            heard = np.frombuffer(ev.frame.data, np.int16).astype(np.float64)
+            delay.append(heard)
+            echo = delay.pop(0) * 10 ** (-10 / 20) + rng.standard_normal(len(heard)) * 32768 * 10 ** (-55 / 20)
+            talk = np.fromiter((next(person, 0) for _ in range(len(heard))), np.float64, len(heard))
+            frame = rtc.AudioFrame.create(48_000, 1, len(heard))
+            np.frombuffer(frame.data, np.int16)[:] = np.clip(echo + talk, -32768, 32767)
+            await mic.source.capture_frame(frame)
+            pushed += len(heard)
+            if pushed >= seconds * 48_000:
+                return
+
+    try:
+        await asyncio.wait_for(play_back(2.0), 30)
+        # the canceller's first seconds: AEC3 converging on the SDK's queues. A pause (never an
+        # interrupt) was seen here in 2 of ~8 runs on a loaded machine; from then on: nothing
+        assert not pub.events("interrupted")
+        converged = len(pub.events("user_speech"))
+        await asyncio.wait_for(play_back(8.0), 30)
+        assert len(pub.events("user_speech")) == converged and not pub.events("interrupted")
+        listener = listening.listeners[("lobby", "alice")]
+        assert listener.stats.echo_frames > 0 and listener._echo.path.echo is True
+        person = iter(sentence)  # now the person talks over the echo
+        interrupted = lambda: [e for e in pub.events("interrupted") if e.get("id") == "long"]  # noqa: E731
+        await asyncio.wait_for(play_back(len(sentence) / 48_000), 30)
+        await pub.wait_for(interrupted)
+        assert interrupted()[0]["reason"] == "barge_in"
+    finally:
+        await loudspeaker.aclose()
+        await mic.aclose()

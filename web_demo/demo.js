@@ -26,6 +26,7 @@ const demo = (window.demo = {
   utterances: {}, // id -> {id, from, text, fate, reason, ttfa_ms, audio_ms, peak}
   talking: {}, // participant -> true while a `user_speech started` is not yet stopped
   bargeIn: false,
+  paused: false, // between a `paused` and its `resumed`
   sendsMic: false,
   // RTP packets of the microphone sent so far in this session (from the peer connection's stats)
   async micPacketsSent() {
@@ -48,6 +49,7 @@ function setState(state, text) {
   const joined = state === "joined";
   $("speak").disabled = !joined;
   $("interrupt").disabled = !joined;
+  showPaused();
   $("join").hidden = joined || state === "joining";
   $("leave").hidden = !(joined || state === "joining");
 }
@@ -190,10 +192,21 @@ function onEvent(ev) {
     case "user_speech":
       showUserSpeech(ev.participant, ev.state === "started");
       return;
+    case "paused":
+    case "resumed":
+      demo.paused = ev.type === "paused";
+      showPaused();
+      return;
     default:
       return;
   }
   renderUtterance(demo.utterances[id]);
+}
+
+function showPaused() {
+  const joined = demo.state === "joined";
+  $("pause").disabled = !joined || demo.paused;
+  $("resume").disabled = !joined || !demo.paused;
 }
 
 function showUserSpeech(participant, talking) {
@@ -351,6 +364,8 @@ function init() {
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) $("speak-form").requestSubmit();
   };
   $("interrupt").onclick = () => send({ type: "interrupt" });
+  $("pause").onclick = (e) => send(e.shiftKey ? { type: "pause", now: true } : { type: "pause" });
+  $("resume").onclick = () => send({ type: "resume" });
   $("talk").onchange = (e) => setTalk(e.target.checked);
   addEventListener("pagehide", () => session && session.close());
   setState("idle", "not joined");

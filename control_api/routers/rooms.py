@@ -10,7 +10,7 @@ from agent.auth import Principal
 from agent.runtime import Agent, UnknownRoom
 
 from ..deps import ADMIN_REFUSALS, BAD_ROOM, get_agent, rate_limited, require_admin, valid_room
-from ..models import Accepted, InterruptBody, Problem as ProblemOut, RoomSummary, SpeakBody
+from ..models import Accepted, InterruptBody, PauseBody, Problem as ProblemOut, RoomSummary, SpeakBody
 from ..problems import Problem
 
 log = logging.getLogger(__name__)
@@ -77,3 +77,31 @@ async def interrupt(room: str, body: InterruptBody | None = Body(None), agent: A
         raise _no_room(room) from None
     log.info("interrupt over HTTP", extra={"room": room, "utterance": data.get("id")})
     return Accepted(id=data.get("id") or "*", room=room, status="interrupted")
+
+
+@router.post(
+    "/v1/rooms/{room}/pause", status_code=202, response_model=Accepted, response_model_exclude_none=True,
+    responses=_NO_ROOM | {422: {"model": ProblemOut, "description": "`bad_message`"}},
+)
+async def pause(room: str, body: PauseBody | None = Body(None), agent: Agent = Depends(get_agent)) -> Accepted:
+    """The `pause` message over HTTP: hold the room at the next sentence boundary (`now`: at once,
+    with the fade); the queue is kept and lines sent meanwhile queue as usual."""
+    data = {"type": "pause"} if body is None else body.model_dump(exclude_none=True)
+    try:
+        agent.pause(room, data)
+    except UnknownRoom:
+        raise _no_room(room) from None
+    log.info("pause over HTTP", extra={"room": room})
+    return Accepted(id="*", room=room, status="paused")
+
+
+@router.post("/v1/rooms/{room}/resume", status_code=202, response_model=Accepted, response_model_exclude_none=True,
+             responses=_NO_ROOM)
+async def resume(room: str, agent: Agent = Depends(get_agent)) -> Accepted:
+    """The `resume` message over HTTP: the paused utterance's remainder first, then the queue."""
+    try:
+        agent.pause(room, {"type": "resume"})
+    except UnknownRoom:
+        raise _no_room(room) from None
+    log.info("resume over HTTP", extra={"room": room})
+    return Accepted(id="*", room=room, status="resumed")

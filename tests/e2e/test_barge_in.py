@@ -13,9 +13,9 @@ import av
 import numpy as np
 import pytest
 
-from agent.audio import Resampler
+from agent.audio import FADE_SAMPLES, Resampler
 from agent.listening import Listener, Listening
-from bench.barge_in import FRAME, MicrophoneTrack, espeak_speech, noise, tone
+from bench.barge_in import FRAME, EchoMicrophone, MicrophoneTrack, espeak_speech, noise, tone
 from tests.conftest import shared_engines
 
 pytestmark = pytest.mark.e2e
@@ -76,7 +76,9 @@ async def test_speech_interrupts_the_agent(clients, listening, sentence):
     c.send({"type": "synthesize", "id": "long", "text": LONG_TEXT, "voice": VOICE})
     c.send({"type": "synthesize", "id": "queued", "text": "And then this.", "voice": VOICE})
     await c.wait_event("started", id="long")
-    await some_speech(c)
+    # 2 s in: the echo canceller has found that this client sends no echo back (it needs about
+    # 1.2 s of the agent talking; speech before that is heard through the canceller, damped)
+    await some_speech(c, 100)
     listener = await listener_of(listening, "barge")
 
     mic.play(sentence)
@@ -190,3 +192,95 @@ async def test_off_decodes_nothing(running_agent, clients, listening, sentence):
     remote = next(t.receiver.track for t in session.pc.getTransceivers() if t.receiver.track is not None)
     assert remote._queue.empty()
     assert not c.events_of("user_speech") and not c.events_of("interrupted")
+
+
+# -- a device without echo cancellation: the agent's voice comes back ---------------------------
+
+ECHO_PATHS = [(80, -6), (150, -10), (250, -20)]  # (delay ms, gain dB) of loudspeaker → microphone
+ECHO_SECONDS = 20  # of the agent talking into its own echo (the bench runs a minute)
+
+
+@pytest.fixture(scope="module")
+def interjection() -> np.ndarray:
+    return asyncio.run(espeak_speech(shared_engines(), "Yes.", voice="espeak:en-029"))  # ~400 ms
+
+
+async def packets_at_least(c, n: int) -> None:
+    while len(c.packets) < n:
+        await c.wait_packet(c.packets[-1].arrival if c.packets else 0.0, timeout=10)
+
+
+def barge_in_events(c) -> list[tuple]:
+    return [(e["type"], e.get("id"), e.get("reason"), e.get("state"), e.get("kind")) for e in c.events
+            if e["type"] in ("user_speech", "paused", "resumed", "interrupted")]
+
+
+async def test_the_agents_own_echo_never_interrupts_it_but_the_person_does(clients, listening, sentence,
+                                                                            interjection):
+    """Three devices at once, each playing the agent back into its microphone at its own delay
+    and gain: twenty seconds of the agent talking start no turn; then the person says "yes"
+    (the agent pauses and resumes), then talks (the agent is interrupted)."""
+    rooms = []
+    for k, (delay_ms, gain_db) in enumerate(ECHO_PATHS):
+        mic = EchoMicrophone(delay_ms, gain_db, noise_db=-55, seed=k)
+        c = await clients(f"echo{k}", send_audio=mic)
+        mic.client = c
+        c.send({"type": "configure", "barge_in": {"mode": "interrupt"}})
+        c.send({"type": "synthesize", "id": "long", "text": LONG_TEXT, "voice": VOICE})
+        rooms.append((c, mic))
+    for c, _ in rooms:
+        await c.wait_event("started", id="long")
+    await asyncio.gather(*(packets_at_least(c, ECHO_SECONDS * 50) for c, _ in rooms))
+    for (c, _), (delay_ms, gain_db) in zip(rooms, ECHO_PATHS):
+        assert barge_in_events(c) == [], (delay_ms, gain_db, barge_in_events(c))
+        listener = await listener_of(listening, c.room)
+        path = listener._echo.path  # agent-side: the echo was found, at about its delay
+        assert listener.stats.echo_frames > 0 and path.echo is True, (delay_ms, gain_db)
+        assert delay_ms - 20 <= path.delay_ms <= delay_ms + 100, (delay_ms, path.delay_ms)
+
+    for c, mic in rooms:
+        mic.play(interjection)
+    for c, _ in rooms:
+        await c.wait_event("resumed", reason="barge_in")
+        assert barge_in_events(c) == [("user_speech", None, None, "started", None),
+                                      ("paused", "long", "barge_in", None, None),
+                                      ("user_speech", None, None, "stopped", "interjection"),
+                                      ("resumed", "long", "barge_in", None, None)], barge_in_events(c)
+
+    for c, mic in rooms:
+        mic.play(sentence)
+    for c, _ in rooms:
+        interrupted = await c.wait_event("interrupted", id="long")
+        assert interrupted["reason"] == "barge_in"
+        await c.wait_event("user_speech", state="stopped", kind="turn")
+        assert [e[0] for e in barge_in_events(c)][4:] == ["user_speech", "paused", "interrupted", "resumed",
+                                                          "user_speech"]
+
+
+async def test_an_interjection_loses_no_sample(clients, listening, interjection):
+    """Every sample of the utterance is sent exactly once around a pause and resume: the agent's
+    count of played samples equals an undisturbed play of the same text, and the frames the
+    client received are exactly those samples plus the pause's one faded frame."""
+    text = " ".join(["The agent reads a short story about the sea and the boats."] * 2)
+    ref = await clients("undisturbed")
+    ref.send({"type": "synthesize", "id": "u", "text": text, "voice": VOICE})
+    mic = EchoMicrophone(150, -12, noise_db=-55)
+    c = await clients("nodding", send_audio=mic)
+    mic.client = c
+    c.send({"type": "configure", "barge_in": {"mode": "interrupt"}})
+    c.send({"type": "synthesize", "id": "u", "text": text, "voice": VOICE})
+    await c.wait_event("started", id="u")
+    await packets_at_least(c, 100)  # 2 s in: the echo canceller has its verdict
+    mic.play(interjection)
+    await c.wait_event("resumed", id="u")
+    finished = await c.wait_event("finished", id="u")
+    reference = await ref.wait_event("finished", id="u")
+    assert not c.events_of("interrupted")
+    assert finished["audio_ms"] == reference["audio_ms"]
+    pauses = len(c.events_of("paused"))
+    assert pauses == 1
+    # audio_ms is whole milliseconds: the samples lie in [audio_ms·48, audio_ms·48 + 47]
+    lo, hi = reference["audio_ms"] * 48, reference["audio_ms"] * 48 + 47
+    shift = pauses * (FRAME - FADE_SAMPLES)  # each pause's frame: FADE_SAMPLES of speech, then silence
+    possible = {-(-(n + shift) // FRAME) for n in (lo, hi)}
+    assert len(c.packets) in possible, (len(c.packets), possible, len(ref.packets))

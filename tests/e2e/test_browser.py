@@ -93,6 +93,19 @@ async def test_demo_speaks_and_interrupts(running_agent, page):
     await page.click("#interrupt")
     await wait_fate(page, long_uid, "interrupted")
     assert await page.evaluate(f"window.demo.utterances[{long_uid!r}].reason") == "interrupt"
+
+    # Pause holds the room at the end of the sentence, Resume goes on with the next one
+    held_uid = await speak_from_page(page, " ".join([SENTENCE] * 3))
+    await wait_fate(page, held_uid, "started")
+    await page.click("#pause")
+    await page.wait_for_function("window.demo.paused === true", timeout=WAIT_MS)
+    assert await page.is_disabled("#pause") and not await page.is_disabled("#resume")
+    await page.click("#resume")
+    await page.wait_for_function("window.demo.paused === false", timeout=WAIT_MS)
+    await wait_fate(page, held_uid, "finished")
+    held = await page.evaluate(f"window.demo.events.filter(e => ['paused', 'resumed'].includes(e.type))")
+    assert [(e["type"], e["id"], e["reason"]) for e in held] == [("paused", held_uid, "pause"),
+                                                                   ("resumed", held_uid, "pause")]
     if shot := os.environ.get("DEMO_SCREENSHOT"):
         await page.screenshot(path=shot)
 
