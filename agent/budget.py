@@ -62,4 +62,5 @@ class MessageBudget:
     @property
     def full(self) -> bool:
         """Nothing borrowed: forgetting this budget changes nothing for its peer."""
-        return self._tokens + (self._clock() - self._at) * self.rate >= self.burst and self._flood == 0
+        refill = (self._clock() - self._at) * self.rate
+        return self._tokens + refill >= self.burst and self._flood <= refill

@@ -386,6 +386,9 @@ class Listening:
         if self.listeners.get(key) is listener:
             del self.listeners[key]
             self._retired.add(listener.stats)
+        if not any(other.room is listener.room for other in self.listeners.values()):
+            # the value holds its room strongly, so the weak key alone would never let it go
+            self._rooms.pop(listener.room, None)
 
     def totals(self) -> ListenerStats:
         total = ListenerStats()

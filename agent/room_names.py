@@ -33,8 +33,8 @@ def check_room_name(name: object) -> str:
             raise InvalidRoomName(f"a room name may not contain {_describe(ch)}")
     if name != name.strip():
         raise InvalidRoomName("a room name may not start or end with a space")
-    if ".." in name:
-        raise InvalidRoomName("a room name may not contain '..'")
+    if ".." in name or name == ".":
+        raise InvalidRoomName("a room name may not be '.' or contain '..' (dot segments move a URL's path)")
     return name
 
 

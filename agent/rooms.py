@@ -152,11 +152,14 @@ class Room:
         self._speaker.handle(cmd)
 
     def pause(self, body: dict) -> None:
-        """`pause` or `resume` over HTTP (body {"type": ...}); raises ProtocolError as `speak` does."""
-        cmd = parse_command(body, max_text_chars=self._settings.max_text_chars)
-        if not isinstance(cmd, (Pause, Resume)):
-            raise ProtocolError(ErrorCode.bad_message, "expected a pause or resume message")
+        """`pause` over HTTP (body: its fields, e.g. {"now": true}); raises ProtocolError as `speak` does."""
+        cmd = parse_command({**body, "type": "pause"}, max_text_chars=self._settings.max_text_chars)
+        assert isinstance(cmd, Pause)
         self._speaker.handle(cmd)
+
+    def resume(self) -> None:
+        """`resume` over HTTP."""
+        self._speaker.handle(Resume(type="resume"))
 
     def slot_now(self) -> int:
         """The frame clock's slot now, on this room's phase (an echo canceller's time base)."""
@@ -261,9 +264,13 @@ class Room:
             self._frame_failed(slot)
             return False
         self._failed_frames = 0
-        for tap in self._output_taps:
-            tap(frame, slot)
         self.last_slot = slot
+        for tap in tuple(self._output_taps):  # () is a constant: nothing allocated while none listens
+            try:
+                tap(frame, slot)
+            except Exception:  # the frame went out: a broken listener must not stop the room
+                log.exception("room output tap failed; it is removed", extra={"room": self._name})
+                self._output_taps.remove(tap)
         self._frames_sent += 1
         return True
 

@@ -124,8 +124,11 @@ class Agent:
         self._room(room).interrupt(body)
 
     def pause(self, room: str, body: dict) -> None:
-        """`pause` / `resume` over HTTP (body {"type": ...}); raises UnknownRoom or ProtocolError."""
+        """`pause` over HTTP; raises UnknownRoom or ProtocolError."""
         self._room(room).pause(body)
+
+    def resume(self, room: str) -> None:
+        self._room(room).resume()
 
     async def open_whep(self, room: str, offer_sdp: str, identity: str, *, can_publish: bool) -> WhepAnswer:
         """Answer a WHEP offer; raises OfferError (400) or RoomLimit (503)."""

@@ -302,9 +302,11 @@ class Speaker:
             self.output.pull_now()  # back on the clock; the first frame back leaves now
 
     def _hold(self, reason: str, fade: bool) -> None:
-        self._pause_at_boundary = None
+        pending, self._pause_at_boundary = self._pause_at_boundary, None
         was_held = bool(self.holds)
         self.holds.add(reason)
+        if pending is not None:
+            self.holds.add(pending)  # a pause waiting for its boundary has landed with this one
         if was_held:
             return
         utt = self.current
@@ -474,6 +476,8 @@ class Speaker:
             if received is not None and utt.started:
                 # the faded frame has just been handed to the transport (or waits for the next slot)
                 metrics.INTERRUPT_LATENCY.observe(time.perf_counter() - received)
+            if self._pause_at_boundary is not None and reason != "preempted":
+                self._hold(self._pause_at_boundary, fade=False)  # the cut is the boundary it waited for
             self._advance()
         else:
             self.queue.remove(utt)

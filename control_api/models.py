@@ -27,7 +27,7 @@ class TokenRequest(BaseModel):
                       description="any letters, digits and spaces; no control characters, URL delimiters or `..`")
     identity: str = Field(min_length=1, max_length=128)
     name: str | None = Field(None, max_length=128)
-    ttl_s: int = Field(3600, ge=60, le=7 * 86400)
+    ttl_s: int = Field(3600, ge=60)  # at most settings.max_token_ttl_s, checked by the route
     can_publish_data: bool = Field(True, description="may send commands on the data channel")
     can_subscribe: bool = Field(True, description="may open a WHEP session to listen")
 

@@ -443,3 +443,18 @@ async def test_livekit_audio_stream_frames_drive_the_listener(registry, sentence
     assert [e["state"] for e in room.sink.of("user_speech")] == ["started", "stopped"]
     assert room.sink.of("interrupted", id="long", reason="barge_in")
     assert listener.stats.resamplers_created == (0 if rate == 16_000 else 1)
+
+
+async def test_a_room_nobody_listens_to_any_more_is_not_kept_alive_by_listening(registry):
+    import gc
+    import weakref
+
+    listening = Listening()
+    room = registry.open("gone", RecordingSink)
+    listener = listening.listen(room, "alice")
+    ref = weakref.ref(room)
+    listening.remove(listener)
+    await registry.close_all()
+    del room, listener
+    gc.collect()
+    assert ref() is None, "a closed room whose listeners left is freed"

@@ -13,7 +13,7 @@ from agent.room_names import MAX_ROOM_NAME_CHARS, InvalidRoomName, check_room_na
 GOOD = ["直播", "café", unicodedata.normalize("NFD", "café"), "a b", "lobby", "room-1_x.y", "Ελληνικά",
         "ライブ配信「雑談」", "🎮 stream", "x" * MAX_ROOM_NAME_CHARS, "ok:1@host+2~(3)!,'"]
 BAD = ["", "x" * (MAX_ROOM_NAME_CHARS + 1), "a\x00b", "a\r\nb", "a\nb", "a\tb", "a\x1bb", "a\x7fb",
-       "a\u0085b", "a\u2028b", "a\u202eb", "a\u200bb", "..", "a..b", "a/b", "a\\b", "a?b", "a#b", "a%b",
+       "a\u0085b", "a\u2028b", "a\u202eb", "a\u200bb", ".", "..", "a..b", "a/b", "a\\b", "a?b", "a#b", "a%b",
        'a"b', "a<b", " a", "a ", "\ud800"]
 
 

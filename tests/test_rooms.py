@@ -283,3 +283,35 @@ async def test_over_its_budget_a_peer_gets_rate_limited_at_most_once_a_second_th
     assert gone == ["flooder"]
     assert room.receive('{"type":"ping","t":1}', "quiet")["type"] == "pong", "another peer's budget is its own"
     await reg.close_all()
+
+
+def test_a_quiet_former_flooder_budget_is_full_again_and_can_be_forgotten():
+    now = [0.0]
+    budget = MessageBudget(rate=100, burst=200, flood_limit=1000, clock=lambda: now[0])
+    for _ in range(500):
+        budget.take()  # 200 accepted, 300 dropped
+    assert not budget.full
+    now[0] = 2.0  # 200 tokens and 200 drops forgiven: not yet all of them
+    assert not budget.full
+    now[0] = 3.5
+    assert budget.full
+
+
+async def test_a_failing_output_tap_is_removed_and_the_room_keeps_every_frame():
+    reg = registry()
+    sinks = []
+    room = reg.open("tapped", lambda r: sinks.append(Sink(r)) or sinks[-1])
+    sink = sinks[0]
+    room.add_peer("p", {"id": "p"})
+    taps = []
+
+    def broken(frame, slot):
+        taps.append(slot)
+        raise RuntimeError("a listener bug")
+
+    room.add_output_tap(broken)
+    room.receive(json.dumps({"type": "synthesize", "id": "u", "text": TEXT}), "p")
+    await sink.wait(lambda: sink.of("finished"))
+    assert len(taps) == 1, "called once, then removed"
+    assert len(sink.frames) == frames_for(TEXT) and not sink.of("error") and not room.closed
+    await reg.close_all()

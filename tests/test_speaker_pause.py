@@ -186,3 +186,32 @@ async def test_resume_before_a_plain_pause_lands_cancels_it():
     s.send({"type": "resume"})
     await s.play_until_idle()
     assert not s.of("paused") and not s.of("resumed") and s.of("finished", id="a")
+
+
+async def test_a_pending_pause_survives_a_barge_in_that_lands_before_its_boundary():
+    s = Stage()
+    s.send({"type": "synthesize", "id": "a", "text": "x" * 300})  # one long sentence: no boundary soon
+    await ticks(s, 2)
+    s.send({"type": "pause"})  # waits for the sentence to end
+    s.speaker.pause(now=True, reason="barge_in")  # someone coughs first
+    s.speaker.resume("barge_in")  # the cough ends: the host's pause is still asked for
+    assert not s.of("resumed") and s.speaker.paused
+    assert all(f is None for f in (await ticks(s, 5))[1:])
+    s.send({"type": "resume"})
+    await s.play_until_idle()
+    assert len(s.of("paused")) == len(s.of("resumed")) == 1 and s.of("finished", id="a")
+
+
+async def test_a_cut_is_the_boundary_a_pending_pause_waits_for():
+    s = Stage()
+    s.send({"type": "synthesize", "id": "a", "text": "x" * 300})
+    s.send({"type": "synthesize", "id": "b", "text": TEXT})
+    await ticks(s, 2)
+    s.send({"type": "pause"})
+    s.send({"type": "interrupt", "id": "a"})
+    assert s.of("interrupted", id="a") and s.of("paused")
+    assert all(f is None for f in (await ticks(s, 10))[1:]), "b waits for resume"
+    assert not s.of("started", id="b")
+    s.send({"type": "resume"})
+    await s.play_until_idle()
+    assert s.of("finished", id="b")

@@ -86,7 +86,7 @@ async def interrupt(room: str, body: InterruptBody | None = Body(None), agent: A
 async def pause(room: str, body: PauseBody | None = Body(None), agent: Agent = Depends(get_agent)) -> Accepted:
     """The `pause` message over HTTP: hold the room at the next sentence boundary (`now`: at once,
     with the fade); the queue is kept and lines sent meanwhile queue as usual."""
-    data = {"type": "pause"} if body is None else body.model_dump(exclude_none=True)
+    data = {} if body is None else body.model_dump(exclude_none=True, exclude={"type"})
     try:
         agent.pause(room, data)
     except UnknownRoom:
@@ -100,7 +100,7 @@ async def pause(room: str, body: PauseBody | None = Body(None), agent: Agent = D
 async def resume(room: str, agent: Agent = Depends(get_agent)) -> Accepted:
     """The `resume` message over HTTP: the paused utterance's remainder first, then the queue."""
     try:
-        agent.pause(room, {"type": "resume"})
+        agent.resume(room)
     except UnknownRoom:
         raise _no_room(room) from None
     log.info("resume over HTTP", extra={"room": room})
