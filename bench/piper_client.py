@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import time
 
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
         for mode in MODES:
             st = percentiles(result["ttfa"][(mode, kind)])
             rows.append([kind, mode, st["n"], st["p50"], st["p95"], st["p99"]])
-    print_table(f"TTFA at the client, first speech packet, {JOE} (ms); machine shared with other work",
+    print_table(f"TTFA at the client, first speech packet, {JOE} (ms); load average {os.getloadavg()[0]:.2f}",
                 ["length", "mode", "n", "p50", "p95", "p99"], rows)
     base = result["cpu"]["whole-piece"]
     print_table("agent CPU seconds per second of audio", ["mode", "cpu s / audio s", "vs whole-piece"],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import time
 
@@ -52,7 +53,7 @@ async def run(repeats: int) -> None:
                 results[(mode, kind)].append(first * 1000)
                 cpu[mode][0] += used
                 cpu[mode][1] += audio
-    print(f"first chunk out of the engine, ms (median / max of {repeats}); machine shared with other work")
+    print(f"first chunk out of the engine, ms (median / max of {repeats}); load average {os.getloadavg()[0]:.2f}")
     for kind in SENTENCES:
         row = "  ".join(f"{m}: {statistics.median(results[(m, kind)]):6.1f} / {max(results[(m, kind)]):6.1f}"
                         for m in engines)
