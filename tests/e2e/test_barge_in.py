@@ -140,10 +140,11 @@ async def test_duck_lowers_the_agent_while_the_person_talks(running_agent, clien
     assert abs(base) < CODEC_DB, f"the method is off: undisturbed frames come out at {base:.1f} dB"
     assert np.median(during) <= base - 10, (base, float(np.median(during)))
     assert np.median(after) >= base - CODEC_DB, (base, float(np.median(after)))
-    # click-free: between any two loud frames the level moved no faster than the ramp
+    # click-free: between any two loud frames the level moved no faster than the ramp (each of
+    # the two measured levels may be off by CODEC_DB, either way: their difference by twice that)
     idx = np.nonzero(loud)[0]
     for i, j in zip(idx[:-1], idx[1:]):
-        assert abs(gain[j] - gain[i]) <= RAMP_DB * (j - i) + CODEC_DB, (i, j, gain[i], gain[j])
+        assert abs(gain[j] - gain[i]) <= RAMP_DB * (j - i) + 2 * CODEC_DB, (i, j, gain[i], gain[j])
 
 
 async def received_gain_db(running_agent, c) -> np.ndarray:
