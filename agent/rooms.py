@@ -26,8 +26,8 @@ from . import metrics
 from .budget import MessageBudget, Verdict
 from .clock import FrameClock
 from .queue_caps import QueueCaps
-from .protocol import (PROTOCOL_VERSION, BargeIn, Configure, ErrorCode, Interrupt, Pause, ProtocolError, Resume, Synthesize,
-                       encode_event, error_event, event, parse_command)
+from .protocol import (PROTOCOL_VERSION, BargeIn, Configure, ErrorCode, Interrupt, Pause, ProtocolError, Resume,
+                       Synthesize, encode_event, error_event, event, parse_command)
 from .settings import Settings
 from .speaker import Speaker
 
