@@ -53,8 +53,9 @@ async def test_5000_unpunctuated_characters_start_and_stay_bounded():
             await stream.aclose()  # the interrupt
             await asyncio.get_running_loop().run_in_executor(engine._executor, lambda: None)
             after.append(rss_mb())
-        # memory is reused, not kept per message: the third message costs nothing new
-        assert after[2] - after[0] < 60, after
+        # memory is reused, not kept per message: the third message keeps nothing like a message's
+        # worth (the old path kept ~1300 MB each); the test process's own heap moves by tens of MB
+        assert after[2] - after[0] < CEILING_MB / 2, after
         assert after[2] - base < CEILING_MB
     finally:
         engine.close()
