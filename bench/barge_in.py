@@ -515,7 +515,7 @@ def measure_interjections(voices: list[str], confirm_ms_values=(500, 600, 700, 8
     return out
 
 
-class _SteppedRoom:
+class SteppedRoom:
     """What a FarEnd reads of a Room, on a clock the caller steps: the canceller offline."""
 
     class Clock:
@@ -550,7 +550,7 @@ def measure_echo_cpu(seconds: float) -> dict:
     mic = noise(-55, len(far16) / 16_000, 16_000).astype(np.float64)
     mic[d:] += far16[:-d] * 10 ** (-10 / 20)
     mic = mic.astype(np.int16)
-    room = _SteppedRoom()
+    room = SteppedRoom()
     canceller = EchoCanceller(FarEnd(room))
     cpu = 0.0
     for k in range(len(mic) // SLOT_SAMPLES):

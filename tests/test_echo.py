@@ -8,7 +8,6 @@ the Speaker's tests use a fake clock: the canceller's only link to time is the s
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
@@ -16,37 +15,16 @@ import pytest
 from agent.echo import SLOT_SAMPLES, EchoCanceller, FarEnd
 from agent.listening import SpeechGate
 from agent.vad import CHUNK_SAMPLES, VadStream
-from bench.barge_in import espeak_speech, noise, resample
+from bench.barge_in import SteppedRoom, espeak_speech, noise, resample
 from tests.conftest import shared_engines
 
 AGENT_TEXT = ("The agent reads a long story about the sea, the wind and the boats, and about the people "
               "who live by the water. It goes on and on, with more to say.")
 
 
-@dataclass
-class SteppedClock:
-    slot: int = 1000
-
-    def slot_now(self, phase: int = 0) -> int:
-        return self.slot
-
-
-@dataclass
-class StandInRoom:
-    """What a FarEnd uses of a Room: its clock and its output taps."""
-
-    clock: SteppedClock = field(default_factory=SteppedClock)
-    phase: int = 0
-    output_taps: list = field(default_factory=list)
-
-    def slot_now(self) -> int:
-        return self.clock.slot_now(self.phase)
-
-    def add_output_tap(self, tap) -> None:
-        self.output_taps.append(tap)
-
-    def remove_output_tap(self, tap) -> None:
-        self.output_taps.remove(tap)
+class StandInRoom(SteppedRoom):
+    """What a FarEnd uses of a Room, on a clock the test steps (the bench's offline room), and a
+    way to send a frame through its output taps."""
 
     def send(self, frame48k: np.ndarray) -> None:
         for tap in self.output_taps:
